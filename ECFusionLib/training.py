@@ -1,0 +1,328 @@
+"""Training ECFusion on 2D pairs: the paper's preprocessing, gradient (+ intensity / perceptual) loss,
+checkpoints every epoch with resume, validation of whole held-out cases with the fusion metrics.
+
+Patches: each 256x256 image gives 9 overlapping 128x128 patches (stride 64). Each patch has a 50 %
+chance of a random 64x64 square set to black or white, on ONE of the two images (chosen at random):
+content present in only one source is what the network must learn to carry into the fused image.
+``upsample=True`` (the paper) shows patches at 256x256 (nearest); ``False`` (the reduced CPU schedule)
+trains on the 128x128 patches directly. Values are in [-1, 1].
+
+Loss = L_grad + w_int * L1(F, max(A, B)) + lambda * L_perceptual
+  L_grad: MSE between the Sobel magnitude of F and the elementwise max of those of A and B.
+  L_perceptual: VGG19 (torchvision layout, weights from a file) at feature indices 2/7/16/25/34.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import metrics as M
+from .errors import ECFusionError
+from .network import ECFusionNet, sobel_xy
+from .pairs import Pair, find_pairs, read_pair, split_cases
+from .weights import load_state_dict, save_weights
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    task: str
+    out: str
+    epochs: int = 50
+    batch_size: int = 4
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine
+    grad_weight: float = 1.0
+    intensity_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    vgg_weights: str | None = None
+    grad_norm: str = "l1"  # "l1": |gx|+|gy| (the prototype), "l2": sqrt(gx^2+gy^2)
+    upsample: bool = True
+    val_fraction: float = 0.15
+    val_cases: list[str] | None = None
+    init_weights: str | None = None
+    device: str = "auto"
+    bf16: bool = True
+    seed: int = 0
+    threads: int | None = None
+    max_minutes: float | None = None
+    select_metrics: list[str] = field(default_factory=lambda: ["MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv"])
+
+
+# ------------------------------------------------------------------ data
+def to_unit(x: np.ndarray) -> np.ndarray:
+    """0-255 -> [-1, 1]."""
+    return np.asarray(x, dtype=np.float32) / 127.5 - 1.0
+
+
+def load_images(pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read pairs into two N x 1 x H x W float tensors in [-1, 1] (second modality / Y, MRI)."""
+    a, b = [], []
+    for p in pairs:
+        sec, mri, _ = read_pair(p)
+        a.append(to_unit(sec))
+        b.append(to_unit(mri))
+    return torch.from_numpy(np.stack(a))[:, None], torch.from_numpy(np.stack(b))[:, None]
+
+
+def patch_grid(size: int, patch: int = 128, stride: int = 64) -> list[int]:
+    return list(range(0, size - patch + 1, stride))
+
+
+class PatchSampler:
+    """Every epoch: all 9 patches of every image, shuffled, with random occluding squares."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, patch=128, stride=64, square=64, upsample=True, seed=0):
+        self.a, self.b = a, b
+        self.patch, self.square, self.upsample = patch, square, upsample
+        ys, xs = patch_grid(a.shape[-2], patch, stride), patch_grid(a.shape[-1], patch, stride)
+        self.index = [(i, y, x) for i in range(a.shape[0]) for y in ys for x in xs]
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return len(self.index)
+
+    def batches(self, batch_size: int):
+        order = self.index[:]
+        self.rng.shuffle(order)
+        for k in range(0, len(order) - batch_size + 1, batch_size):
+            items = order[k : k + batch_size]
+            pa = torch.stack([self.a[i, :, y : y + self.patch, x : x + self.patch] for i, y, x in items]).clone()
+            pb = torch.stack([self.b[i, :, y : y + self.patch, x : x + self.patch] for i, y, x in items]).clone()
+            for j in range(len(items)):
+                if self.rng.random() < 0.5:
+                    target = pa if self.rng.random() < 0.5 else pb
+                    y0 = self.rng.randrange(0, self.patch - self.square + 1)
+                    x0 = self.rng.randrange(0, self.patch - self.square + 1)
+                    target[j, :, y0 : y0 + self.square, x0 : x0 + self.square] = 1.0 if self.rng.random() < 0.5 else -1.0
+            if self.upsample:
+                pa = F.interpolate(pa, scale_factor=2, mode="nearest")
+                pb = F.interpolate(pb, scale_factor=2, mode="nearest")
+            yield pa, pb
+
+
+# ------------------------------------------------------------------ losses
+def gradient_map(x: torch.Tensor, norm: str = "l1") -> torch.Tensor:
+    gx, gy = sobel_xy(x)
+    return gx.abs() + gy.abs() if norm == "l1" else torch.sqrt(gx * gx + gy * gy + 1e-6)
+
+
+class VGG19Features(nn.Module):
+    """VGG19 convolutional trunk in torchvision's ``features`` layout (indices match its state_dict)."""
+
+    CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+    TAPS = {2: 1 / 16, 7: 1 / 16, 16: 1 / 8, 25: 1 / 4, 34: 1 / 2}
+
+    def __init__(self, weights_path: str):
+        super().__init__()
+        layers, cin = [], 3
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ECFusionError(f"VGG19 weights file not found: {path} (torchvision's vgg19-dcbbabfd.pth)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        self.features.load_state_dict(state)
+        self.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+        x = ((x + 1) / 2).repeat(1, 3, 1, 1)
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.TAPS:
+                out.append((self.TAPS[i], x))
+            if i >= max(self.TAPS):
+                break
+        return out
+
+
+class FusionLoss(nn.Module):
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vgg = None
+        if cfg.perceptual_weight > 0:
+            if not cfg.vgg_weights:
+                raise ECFusionError(
+                    "a perceptual loss weight > 0 needs ImageNet VGG19 weights: pass --vgg-weights PATH "
+                    "(torchvision's vgg19-dcbbabfd.pth), or set --perceptual-weight 0"
+                )
+            self.vgg = VGG19Features(cfg.vgg_weights)
+
+    def forward(self, a, b, f) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        target = torch.maximum(gradient_map(a, cfg.grad_norm), gradient_map(b, cfg.grad_norm))
+        terms = {"grad": F.mse_loss(gradient_map(f, cfg.grad_norm), target)}
+        total = cfg.grad_weight * terms["grad"]
+        if cfg.intensity_weight > 0:
+            terms["int"] = F.l1_loss(f, torch.maximum(a, b))
+            total = total + cfg.intensity_weight * terms["int"]
+        if self.vgg is not None:
+            pf, pa, pb = self.vgg(f), self.vgg(a), self.vgg(b)
+            perc = sum(w * (F.mse_loss(xf, xa) + F.mse_loss(xf, xb)) for (w, xf), (_, xa), (_, xb) in zip(pf, pa, pb))
+            terms["perc"] = perc
+            total = total + cfg.perceptual_weight * perc
+        terms["total"] = total
+        return terms
+
+
+# ------------------------------------------------------------------ validation
+@torch.inference_mode()
+def predict(model: ECFusionNet, a: torch.Tensor, b: torch.Tensor, device, bf16: bool, batch: int = 8) -> np.ndarray:
+    """N x 1 x H x W in [-1,1] -> N x H x W fused on 0-255 (float, rounded)."""
+    out = []
+    for k in range(0, a.shape[0], batch):
+        xa, xb = a[k : k + batch].to(device), b[k : k + batch].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            f = model(xa, xb)
+        out.append(f.float().cpu())
+    f = torch.cat(out)[:, 0].numpy()
+    return np.rint(np.clip((f + 1) * 127.5, 0, 255))
+
+
+def evaluate_arrays(a255: np.ndarray, b255: np.ndarray, f255: np.ndarray, names=M.METRICS) -> dict[str, float]:
+    """Mean of each metric over N image triples (N x H x W, 0-255), plus 'bg': the mean fused
+    grey level where both sources are 0."""
+    rows = [M.all_metrics(x, y, z, names) for x, y, z in zip(a255, b255, f255)]
+    out = {n: float(np.mean([r[n] for r in rows])) for n in names}
+    bg = (a255 <= 0.5) & (b255 <= 0.5)
+    out["bg"] = float(f255[bg].mean()) if bg.any() else 0.0
+    return out
+
+
+def selection_score(model_metrics: dict, ref: dict, names) -> float:
+    """Number of metrics beating the reference (pixel-max), tie-broken by mean relative margin."""
+    wins = M.beats(model_metrics, ref, names)
+    margin = np.mean([(ref[n] - model_metrics[n]) / abs(ref[n]) if n in M.LOWER_IS_BETTER
+                      else (model_metrics[n] - ref[n]) / abs(ref[n]) for n in names])
+    return len(wins) + float(np.tanh(margin))
+
+
+# ------------------------------------------------------------------ loop
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ECFusionError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    """Train (or resume) into ``cfg.out``; returns the path of the best weights file."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX"))
+
+    pairs = find_pairs(cfg.data, [cfg.task])
+    train_pairs, val_pairs = split_cases(pairs, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    if not train_pairs or not val_pairs:
+        raise ECFusionError(f"need at least two cases to split training and validation, found {len({p.case for p in pairs})}")
+    log(f"{cfg.task}: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs "
+        f"(cases {sorted({p.case for p in val_pairs}, key=lambda c: int(c) if c.isdigit() else c)})")
+    ta, tb = load_images(train_pairs)
+    va, vb = load_images(val_pairs)
+    va255, vb255 = np.rint((va[:, 0].numpy() + 1) * 127.5), np.rint((vb[:, 0].numpy() + 1) * 127.5)
+    ref = evaluate_arrays(va255, vb255, np.maximum(va255, vb255), cfg.select_metrics)
+    log("pixel-max on validation: " + ", ".join(f"{k}={v:.4f}" for k, v in ref.items()))
+
+    model = ECFusionNet().to(device)
+    if cfg.init_weights:
+        model.load_state_dict(load_state_dict(cfg.init_weights))
+        log(f"fine-tuning from {cfg.init_weights}")
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sampler = PatchSampler(ta, tb, upsample=cfg.upsample, seed=cfg.seed)
+    steps_per_epoch = len(sampler) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)) * 0.99 + 0.01)
+        if cfg.lr_schedule == "cosine" else (lambda s: 1.0))
+    loss_fn = FusionLoss(cfg).to(device)
+
+    state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": None, "seconds": 0.0}
+    last = out / "last.pt"
+    if last.is_file():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        sampler.rng.setstate(ck["sampler_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["state"]
+        log(f"resumed from {last} at epoch {state['epoch']}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+
+    from tqdm import tqdm
+
+    t_start = time.time() - state["seconds"]
+    with open(log_path, "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new_log:
+            writer.writerow(["epoch", "step", "seconds", "lr", "train_loss", *cfg.select_metrics, "bg", "score"])
+        while state["epoch"] < cfg.epochs:
+            if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
+                log(f"time budget of {cfg.max_minutes} min reached after {state['epoch']} epochs; resume to continue")
+                break
+            model.train()
+            losses = []
+            bar = tqdm(sampler.batches(cfg.batch_size), total=steps_per_epoch, desc=f"{cfg.task} epoch {state['epoch'] + 1}/{cfg.epochs}",
+                       leave=False, disable=None)
+            for pa, pb in bar:
+                pa = pa.to(device).contiguous(memory_format=torch.channels_last)
+                pb = pb.to(device).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    f = model(pa, pb)
+                terms = loss_fn(pa, pb, f.float())
+                opt.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                opt.step()
+                sched.step()
+                state["step"] += 1
+                losses.append(float(terms["total"].detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            state["epoch"] += 1
+            model.eval()
+            val = evaluate_arrays(va255, vb255, predict(model, va, vb, device, bf16), cfg.select_metrics)
+            score = selection_score(val, ref, cfg.select_metrics)
+            state["seconds"] = time.time() - t_start
+            writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), sched.get_last_lr()[0],
+                             float(np.mean(losses)), *[round(val[n], 5) for n in cfg.select_metrics], round(val["bg"], 3), round(score, 4)])
+            fh.flush()
+            log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f}, " + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
+                + f", beats pixel-max on {M.beats(val, ref, cfg.select_metrics)}")
+            if score > state["best_score"]:
+                state["best_score"], state["best_epoch"] = score, state["epoch"]
+                save_weights(model, out / "best.pt", {"task": cfg.task, "epoch": state["epoch"], "val": val, "pixel_max": ref})
+            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "sampler_rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state(), "state": state}
+            tmp = out / "last.pt.partial"
+            torch.save(ck, tmp)
+            os.replace(tmp, last)
+    return out / "best.pt"
