@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .colour import COLORMAPS
 from .errors import ECFusionError
+from .geometry import AXES
+from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
 
 EPILOG_FUSE = """examples:
   ecfusion fuse --anatomical MRI.nii.gz --functional PET.nii.gz --task PET-MRI --output fused.nrrd
@@ -26,6 +29,38 @@ Re-running the same command resumes from OUT/last.pt.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecfusion", description="ECFusion: fuse MRI with CT, PET or SPECT (slice by slice).")
     sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fuse", help="fuse two volumes, or a folder of 2D PNG pairs", epilog=EPILOG_FUSE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--anatomical", help="MRI volume (NRRD, NIfTI or MHA); the output is on its grid")
+    f.add_argument("--functional", help="CT, PET or SPECT volume (scalar, or RGB pseudocolour)")
+    f.add_argument("--task", help="CT-MRI, PET-MRI or SPECT-MRI (2D mode: taken from the folder names)")
+    f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
+    f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
+    f.add_argument("--batch-size", type=int, help="slices per batch (default: 1 on CPU, fitted to free memory on CUDA)")
+    f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: axial)")
+    f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "
+                                      "(default: PET-Heat for PET, PET-Rainbow2 for SPECT)")
+    f.add_argument("--window", type=float, help="PET/SPECT display window (default: robust range)")
+    f.add_argument("--level", type=float, help="PET/SPECT display level")
+    f.add_argument("--ct-window", type=float, help=f"CT window in HU (default {DEFAULT_CT_WINDOW:g})")
+    f.add_argument("--ct-level", type=float, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
+    f.add_argument("--weights", help="weights file (default: the bundled weights of the task)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="fusion metrics of fused PNGs against their source pairs")
+    e.add_argument("--input-dir", required=True, help="source pairs: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
+    e.add_argument("--fused", required=True, help="fused images: FUSED/<task>/<name>.png")
+    e.add_argument("--task", nargs="*", help="tasks to evaluate (default: all present)")
+    e.add_argument("--names", nargs="*", help="only these file stems (e.g. a validation split)")
+    e.add_argument("--baselines", action="store_true", help="also score pixel-max and pixel-average fusion")
+    e.add_argument("--csv", help="write the per-image metrics to this CSV file")
+
+    d = sub.add_parser("demo", help="fuse the bundled digital phantom (MRI + PET) on the CPU")
+    d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
+    d.add_argument("--task", default="PET-MRI", help="PET-MRI, SPECT-MRI or CT-MRI")
+    d.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
     t = sub.add_parser("train", help="train or fine-tune the network on 2D pairs", epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +105,170 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train}
+def _progress_bar(quiet: bool, desc: str):
+    """A tqdm bar driven by the engine's (done, total) callback; returns (callback, bar)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="slice", desc=desc, disable=quiet)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar
+
+
+def cmd_fuse(args) -> int:
+    if args.input_dir:
+        if args.anatomical or args.functional:
+            raise ECFusionError("use either --input-dir (2D PNG pairs) or --anatomical/--functional (volumes), not both")
+        return fuse_png_folder(args)
+    if not (args.anatomical and args.functional and args.task):
+        raise ECFusionError("volume mode needs --anatomical, --functional and --task (or use --input-dir for 2D pairs)")
+    import time
+
+    from .fusion import FusionSettings, fuse_images
+    from .tasks import check_task
+    from .volume_io import check_writable, read_image, write_image_atomic
+    from .weights import load_model
+
+    task = check_task(args.task)
+    check_writable(args.output)
+    settings = _settings(args, task)
+    model, info = load_model(task, args.weights)
+    anatomical = read_image(args.anatomical, what="anatomical image")
+    second = read_image(args.functional, allow_rgb=True, what="functional image")
+    progress, bar = _progress_bar(args.quiet, f"fusing {task}")
+    t0 = time.time()
+    with bar:
+        result = fuse_images(anatomical, second, settings, model=model, weights_info=info, progress=progress)
+    write_image_atomic(result.image, args.output)
+    _write_sidecar(args.output, result.metadata)
+    if not args.quiet:
+        print(f"wrote {args.output} ({result.metadata['output']}, {time.time() - t0:.1f} s on {result.metadata['device']})")
+    return 0
+
+
+def _settings(args, task: str):
+    from .fusion import FusionSettings
+
+    return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis,
+                          colormap=args.colormap, window=args.window, level=args.level,
+                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
+
+
+def _write_sidecar(output, metadata: dict) -> None:
+    """NIfTI and PNG cannot carry key-value metadata: write OUTPUT.json beside them."""
+    import json
+    import os
+    from pathlib import Path
+
+    from .volume_io import full_suffix
+
+    if full_suffix(output) in (".nii", ".nii.gz", ".png"):
+        side = Path(str(output)[: -len(full_suffix(output))] + ".json")
+        tmp = side.with_name("." + side.name + ".partial")
+        tmp.write_text(json.dumps(metadata, indent=2))
+        os.replace(tmp, side)
+
+
+def fuse_png_folder(args) -> int:
+    """2D mode: every pair ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png -> OUT/<task>/<name>.png."""
+    from pathlib import Path
+
+    import SimpleITK as sitk
+    from tqdm import tqdm
+
+    from .fusion import fuse_images
+    from .pairs import find_pairs
+    from .volume_io import check_writable, read_image, write_image_atomic
+    from .weights import load_model
+
+    pairs = find_pairs(args.input_dir, [args.task] if args.task else None)
+    out_root = Path(args.output)
+    out_root.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for pair in tqdm(pairs, unit="pair", desc="fusing", disable=args.quiet):
+        if pair.task not in models:
+            models[pair.task] = load_model(pair.task, args.weights)
+            (out_root / pair.task).mkdir(exist_ok=True)
+        model, info = models[pair.task]
+        mri = read_image(pair.mri, allow_rgb=True, what="MRI image")
+        if mri.GetNumberOfComponentsPerPixel() == 3:  # some collections store grey MRI as RGB
+            mri = sitk.VectorIndexSelectionCast(mri, 0)
+        second = read_image(pair.second, allow_rgb=True, what=f"{pair.task} image")
+        second.CopyInformation(mri) if second.GetSize() == mri.GetSize() else None
+        result = fuse_images(mri, second, _settings(args, pair.task), model=model, weights_info=info)
+        write_image_atomic(result.image, check_writable(out_root / pair.task / f"{pair.name}.png"))
+    if not args.quiet:
+        print(f"fused {len(pairs)} pairs into {out_root}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+
+    from .metrics import METRICS, all_metrics
+    from .pairs import find_pairs, read_pair
+    from .volume_io import read_image
+    from .colour import luminance
+    import SimpleITK as sitk
+
+    pairs = find_pairs(args.input_dir, args.task)
+    if args.names:
+        pairs = [p for p in pairs if p.name in set(args.names)]
+    rows = []
+    for pair in pairs:
+        fused_path = Path(args.fused) / pair.task / f"{pair.name}.png"
+        a, b, _ = read_pair(pair)
+        fused = sitk.GetArrayFromImage(read_image(fused_path, allow_rgb=True, what="fused image"))
+        f = luminance(fused) if fused.ndim == 3 else fused.astype(np.float32)
+        candidates = {"ecfusion": np.rint(f)}
+        if args.baselines:
+            candidates.update({"pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2})
+        for method, img in candidates.items():
+            m = all_metrics(np.rint(a), b, np.rint(img))
+            bg = (a <= 0.5) & (b <= 0.5)
+            m["bg"] = float(img[bg].mean()) if bg.any() else 0.0
+            rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
+    names = [*METRICS, "bg"]
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, ["task", "name", "method", *names])
+            w.writeheader()
+            w.writerows(rows)
+    print(f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names))
+    for task in sorted({r["task"] for r in rows}):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if r["task"] == task and r["method"] == method]
+            print(f"{task:10s} {method:14s} " + " ".join(f"{np.mean([r[n] for r in sel]):8.4f}" for n in names))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from .phantom import write_phantom
+    from .tasks import check_task, second_modality
+
+    task = check_task(args.task)
+    out = Path(args.output)
+    paths = {k: out / f"phantom_{k.lower()}.nrrd" for k in ("MRI", "CT", "PET", "SPECT")}
+    if not all(p.is_file() for p in paths.values()):
+        print(f"writing the digital phantom to {out}/ ...")
+        paths = write_phantom(out)
+    fused = out / f"fused_{task.lower()}.nrrd"
+    ns = build_parser().parse_args(["fuse", "--anatomical", str(paths["MRI"]), "--functional",
+                                    str(paths[second_modality(task)]), "--task", task, "--output", str(fused),
+                                    "--device", args.device])
+    return cmd_fuse(ns)
+
+
+COMMANDS = {"fuse": cmd_fuse, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

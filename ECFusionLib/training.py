@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics as M
+from .engine import resolve_device
 from .errors import ECFusionError
 from .network import ECFusionNet, sobel_xy
 from .pairs import Pair, find_pairs, read_pair, split_cases
@@ -220,14 +221,6 @@ def selection_score(model_metrics: dict, ref: dict, names) -> float:
 
 
 # ------------------------------------------------------------------ loop
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ECFusionError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
-
-
 def train(cfg: TrainConfig, log=print) -> Path:
     """Train (or resume) into ``cfg.out``; returns the path of the best weights file."""
     out = Path(cfg.out)

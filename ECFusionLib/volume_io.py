@@ -69,8 +69,12 @@ def check_writable(path: str | Path) -> Path:
         raise ECFusionError(f"output {path}: unsupported file type; use one of {', '.join(OUTPUT_SUFFIXES)}")
     if not folder.is_dir():
         raise ECFusionError(f"output folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ECFusionError(f"output folder {folder} is not writable; choose another --output")
+    try:  # a real write test: permissions, read-only file systems and quotas all show up here
+        fd, probe = tempfile.mkstemp(prefix=".ecfusion-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ECFusionError(f"output folder {folder} is not writable ({exc.strerror}); choose another output location") from exc
     return path
 
 

@@ -1,0 +1,74 @@
+"""Intensity mapping of each modality to the network's 8-bit grey scale (0-255), i.e. [-1, 1] as x/127.5 - 1.
+
+- MRI: robust percentiles. low = the 0.5th percentile of all voxels (the background, usually 0),
+  high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
+- CT: a Hounsfield window, default level 40 HU / width 150 HU ([-35, 115] HU: brain grey,
+  bone saturated white, air black, like the AANLIB training CTs); configurable.
+- PET/SPECT scalar volumes: window/level (default: 0.5th percentile to the 99.99th percentile of the voxels above it) through a colour
+  map (default PET-Heat for PET, PET-Rainbow2 for SPECT) to RGB, then Y of BT.601 YCbCr.
+  RGB functional volumes are used as they are (their Y).
+Each mapping returns a small dict recorded in the output's metadata.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .colour import apply_colormap, colormap_table, luminance, to_uint8
+
+DEFAULT_CT_LEVEL = 40.0
+DEFAULT_CT_WINDOW = 150.0
+MRI_PERCENTILES = (0.5, 99.5)
+FUNCTIONAL_PERCENTILES = (0.5, 99.99)  # keep small hot spots (lesions) below saturation
+
+
+def robust_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, float]:
+    """(low, high): low-th percentile of all voxels, high-th percentile of the voxels above low."""
+    sample = arr.ravel()
+    if sample.size > 4_000_000:  # percentiles of a strided sample: same answer to a grey level, far less memory
+        sample = sample[:: sample.size // 2_000_000]
+    low = float(np.percentile(sample, percentiles[0]))
+    above = sample[sample > low]
+    high = float(np.percentile(above, percentiles[1])) if above.size else float(sample.max())
+    if high <= low:
+        high = float(sample.max()) if sample.max() > low else low + 1.0
+    return low, high
+
+
+def window_to_uint8(arr: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Linear [low, high] -> [0, 255], clipped, rounded to uint8."""
+    return to_uint8((np.asarray(arr, dtype=np.float32) - low) * (255.0 / (high - low)))
+
+
+def map_mri(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[np.ndarray, dict]:
+    low, high = robust_range(arr, percentiles)
+    return window_to_uint8(arr, low, high), {"modality": "MRI", "method": "percentiles", "percentiles": list(percentiles),
+                                             "low": low, "high": high}
+
+
+def map_ct(arr: np.ndarray, window: float | None = None, level: float | None = None) -> tuple[np.ndarray, dict]:
+    window = DEFAULT_CT_WINDOW if window is None else float(window)
+    level = DEFAULT_CT_LEVEL if level is None else float(level)
+    low, high = level - window / 2, level + window / 2
+    return window_to_uint8(arr, low, high), {"modality": "CT", "method": "window", "window": window, "level": level}
+
+
+def map_functional(arr: np.ndarray, modality: str, colormap: str | None = None, window: float | None = None,
+                   level: float | None = None, table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Scalar PET/SPECT -> (RGB ... x 3 uint8, Y uint8, mapping). ``table`` (256 x 3, 0-1) overrides ``colormap``."""
+    from .colour import DEFAULT_COLORMAP
+
+    name = colormap or DEFAULT_COLORMAP.get(modality, "PET-Heat")
+    if window is None or level is None:
+        low, high = robust_range(arr, FUNCTIONAL_PERCENTILES)
+        window = high - low if window is None else window
+        level = (high + low) / 2 if level is None else level
+    lut = colormap_table(name) if table is None else table
+    rgb = apply_colormap(arr, lut, float(window), float(level))
+    return rgb, to_uint8(luminance(rgb)), {"modality": modality, "method": "colormap",
+                                           "colormap": name if table is None else "custom table",
+                                           "window": float(window), "level": float(level)}
+
+
+def map_rgb(rgb: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    rgb = to_uint8(rgb)
+    return rgb, to_uint8(luminance(rgb)), {"modality": modality, "method": "rgb-luminance"}

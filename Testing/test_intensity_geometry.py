@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ECFusionLib.errors import ECFusionError
+from ECFusionLib.geometry import overlap_fraction, resample_onto, slice_axis
+from ECFusionLib.intensity import map_ct, map_functional, map_mri
+
+
+def test_ct_window_default_and_custom():
+    hu = np.array([-1000.0, -35.0, 40.0, 115.0, 1500.0])
+    u8, info = map_ct(hu)
+    assert u8.tolist() == [0, 0, 128, 255, 255]
+    assert info["window"] == 150 and info["level"] == 40
+    u8b, info_b = map_ct(hu, window=2000, level=500)
+    assert u8b[-1] == 255 and map_ct(np.array([1000.0]), 2000, 500)[0][0] == 191 and info_b["window"] == 2000
+
+
+def test_mri_percentiles_ignore_outliers():
+    rng = np.random.default_rng(0)
+    vol = np.zeros((20, 50, 50), np.float32)
+    vol[:, 10:40, 10:40] = rng.normal(500, 20, (20, 30, 30))
+    vol[0, 0, 0] = 1e6  # a single hot voxel must not squash the image
+    u8, info = map_mri(vol)
+    assert info["low"] == 0.0 and 500 < info["high"] < 600
+    assert u8[5, 20, 20] > 150 and u8[5, 0, 5] == 0
+
+
+def test_functional_colormap_records_settings():
+    vals = np.linspace(0, 10, 1000).reshape(10, 100)
+    rgb, y, info = map_functional(vals, "PET", colormap="PET-Heat", window=10, level=5)
+    assert rgb.shape == (10, 100, 3) and y.shape == (10, 100)
+    assert info == {"modality": "PET", "method": "colormap", "colormap": "PET-Heat", "window": 10.0, "level": 5.0}
+    assert y[0, 0] == 0 and y[-1, -1] == 255
+
+
+def _img(arr, spacing=(1, 1, 1), origin=(0, 0, 0), direction=None):
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    return img
+
+
+def test_resample_respects_physical_space_with_oblique_direction():
+    """A slab at physical x in [10, 20) mm, moved onto a rotated, anisotropic grid, lands where
+    the reference grid's own index-to-physical mapping says it should."""
+    angle = np.deg2rad(20)
+    rot = [np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1]
+    ref = _img(np.zeros((10, 40, 40), np.float32), spacing=(1.0, 1.0, 2.0), origin=(-5, -5, 0), direction=rot)
+    moving = np.zeros((12, 30, 80), np.float32)  # z, y, x; covers x in [-10, 30), y in [-20, 40), z in [-1, 23)
+    phys_x = -10 + np.arange(80) * 0.5
+    moving[:, :, (phys_x >= 10) & (phys_x < 20)] = 100.0
+    out = resample_onto(_img(moving, spacing=(0.5, 2.0, 2.0), origin=(-10, -20, -1)), ref)
+    assert out.GetSize() == ref.GetSize() and out.GetDirection() == ref.GetDirection()
+    arr = sitk.GetArrayFromImage(out)
+    k, j, i = np.indices(arr.shape)
+    d = np.array(rot).reshape(3, 3)
+    idx_mm = np.stack([i * 1.0, j * 1.0, k * 2.0])
+    px, py = (d @ idx_mm.reshape(3, -1)).reshape(3, *arr.shape)[:2] + np.array([-5, -5])[:, None, None, None]
+    inside_y = (py > -19) & (py < 38)
+    hot = inside_y & (px > 10.5) & (px < 19.5)
+    cold = inside_y & ((px < 9.5) | (px > 20.5)) & (px > -9)
+    assert hot.sum() > 500 and cold.sum() > 500
+    assert np.allclose(arr[hot], 100.0) and np.allclose(arr[cold], 0.0)
+
+
+def test_non_overlapping_volumes_are_an_error():
+    a = _img(np.ones((5, 5, 5), np.float32))
+    b = _img(np.ones((5, 5, 5), np.float32), origin=(500, 0, 0))
+    assert overlap_fraction(b, a) == 0.0
+    with pytest.raises(ECFusionError, match="do not overlap"):
+        resample_onto(b, a)
+
+
+def test_slice_axis_follows_direction():
+    img = _img(np.zeros((4, 5, 6), np.float32))
+    assert slice_axis(img, "auto") == 0  # k is superior-inferior
+    assert slice_axis(img, "sagittal") == 2 and slice_axis(img, "coronal") == 1
+    # a volume stored sagittally: index k runs left-right
+    sag = _img(np.zeros((4, 5, 6), np.float32), direction=[0, 0, 1, 1, 0, 0, 0, 1, 0])
+    assert slice_axis(sag, "axial") == 1
+    with pytest.raises(ECFusionError):
+        slice_axis(img, "diagonal")
