@@ -43,7 +43,9 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 4
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: str = "constant"  # constant | cosine (to 1 % of lr)
+    warmup_steps: int = 0  # linear warm-up from 5 % of lr
+    clip_grad: float | None = None  # max gradient norm (None: no clipping)
     grad_weight: float = 1.0
     intensity_weight: float = 0.0
     perceptual_weight: float = 0.0
@@ -221,6 +223,16 @@ def selection_score(model_metrics: dict, ref: dict, names) -> float:
 
 
 # ------------------------------------------------------------------ loop
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then constant or cosine to 1 %."""
+    if warmup and step < warmup:
+        return 0.05 + 0.95 * step / warmup
+    if schedule == "cosine":
+        t = min(max(step - warmup, 0), max(total - warmup, 1)) / max(total - warmup, 1)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
 def train(cfg: TrainConfig, log=print) -> Path:
     """Train (or resume) into ``cfg.out``; returns the path of the best weights file."""
     out = Path(cfg.out)
@@ -252,9 +264,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     sampler = PatchSampler(ta, tb, upsample=cfg.upsample, seed=cfg.seed)
     steps_per_epoch = len(sampler) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)) * 0.99 + 0.01)
-        if cfg.lr_schedule == "cosine" else (lambda s: 1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg.lr_schedule, cfg.warmup_steps))
     loss_fn = FusionLoss(cfg).to(device)
 
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": None, "seconds": 0.0}
@@ -295,6 +305,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 terms = loss_fn(pa, pb, f.float())
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 opt.step()
                 sched.step()
                 state["step"] += 1
