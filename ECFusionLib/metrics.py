@@ -3,7 +3,8 @@
 Conventions (A and B are the sources, F the fused image; all H x W float arrays, 0-255):
 - ``mi``: MI(A,F) + MI(B,F), natural log (nats), 256-bin joint histograms of the rounded values.
 - ``qabf``: Xydeas-Petrovic edge transfer (Sobel, L=1, Tg=0.9994, kg=-15, Dg=0.5, Ta=0.9879, ka=-22, Da=0.8).
-- ``vif``: VIFF of Han et al. 2013 (4 scales, weights [1, 0, 0.15, 1]/2.15, noise variance 0.005*255^2).
+- ``vif``: VIFF of Han et al. 2013 (4 scales, weights [1, 0, 0.15, 1]/2.15, noise variance 0.005*255^2;
+  images too small for the coarse scales use the scales that fit, weights renormalised).
 - ``ssim``: mean of SSIM(A,F) and SSIM(B,F), Gaussian 11x11 window, sigma 1.5, L = 255.
 - ``qcb``: Chen-Blum (DoG contrast-sensitivity filter, local contrast with Gaussians of sigma 2 and 4).
 - ``qcv``: Chen-Varshney (16x16 windows, alpha = 5); lower is better.
@@ -128,8 +129,12 @@ def _vif_maps(ref: np.ndarray, dist: np.ndarray, noise_var: float):
         n = 2 ** (4 - scale + 1) + 1
         win = _gaussian(n, n / 5.0)
         if scale > 1:
+            if min(ref.shape) < n:
+                break
             ref = fftconvolve(ref, win, mode="valid")[::2, ::2]
             dist = fftconvolve(dist, win, mode="valid")[::2, ::2]
+        if min(ref.shape) < n:  # image too small for this scale (and the coarser ones)
+            break
         mu1 = fftconvolve(ref, win, mode="valid")
         mu2 = fftconvolve(dist, win, mode="valid")
         s1 = np.maximum(fftconvolve(ref * ref, win, mode="valid") - mu1 * mu1, 0)
@@ -166,7 +171,8 @@ def vif(a, b, f) -> float:
         vid = np.where(use_a, vid_a, vid_b)
         vind = np.where(use_a, vind_a, vind_b)
         per_scale.append(np.sum(vid + c) / np.sum(vind + c))
-    return float(np.sum(np.array(per_scale) * weights))
+    w = weights[: len(per_scale)]  # small images: the scales that fit, weights renormalised
+    return float(np.sum(np.array(per_scale) * w) / w.sum()) if w.sum() > 0 else 0.0
 
 
 # ---------------------------------------------------------------- Chen-Blum and Chen-Varshney

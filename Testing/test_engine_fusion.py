@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ECFusionLib.colour import rgb_to_ycbcr
+from ECFusionLib.engine import fuse_volume
+from ECFusionLib.errors import CancelledError, ECFusionError
+from ECFusionLib.fusion import FusionSettings, fuse_images
+from ECFusionLib.geometry import resample_onto
+
+from conftest import array
+
+
+def _vols(shape=(6, 40, 52), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_engine_is_deterministic_and_reports_progress(seeded_model):
+    a, b = _vols()
+    seen = []
+    f1, info = fuse_volume(seeded_model, a, b, device="cpu", progress=lambda k, n: seen.append((k, n)))
+    f2, _ = fuse_volume(seeded_model, a, b, device="cpu")
+    assert f1.dtype == np.uint8 and f1.shape == a.shape
+    assert np.array_equal(f1, f2)
+    assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
+    assert info.device == "cpu" and info.precision == "fp32"
+
+
+def test_engine_slices_along_any_axis(seeded_model):
+    a, b = _vols((5, 24, 20))
+    f0, _ = fuse_volume(seeded_model, a, b, axis=0, device="cpu")
+    f2, info = fuse_volume(seeded_model, a, b, axis=2, device="cpu", batch_size=3)
+    assert f2.shape == a.shape and info.slices == 20
+    # slice 7 along axis 2 equals fusing that 2D slice alone
+    alone, _ = fuse_volume(seeded_model, a[:, :, 7], b[:, :, 7], device="cpu")
+    assert np.abs(f2[:, :, 7].astype(int) - alone.astype(int)).max() <= 1
+    assert not np.array_equal(f0, f2)  # a different slicing direction is a different result
+
+
+def test_batch_size_does_not_change_the_result(seeded_model):
+    a, b = _vols((7, 32, 32), seed=2)
+    f1, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=1)
+    f4, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=4)
+    assert np.abs(f1.astype(int) - f4.astype(int)).max() <= 1
+
+
+def test_cancel_stops_between_batches(seeded_model):
+    a, b = _vols()
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError):
+        fuse_volume(seeded_model, a, b, device="cpu", cancel=cancel)
+    assert len(calls) == 3
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(seeded_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    a, b = _vols((1, 16, 16))
+    with pytest.raises(ECFusionError, match="CUDA"):
+        fuse_volume(seeded_model, a, b, device="cuda")
+
+
+def test_pet_fusion_keeps_colour_and_grid(phantom, seeded_model):
+    mri, pet = phantom["MRI"], phantom["PET"]
+    before = (array(mri).copy(), array(pet).copy(), pet.GetOrigin())
+    res = fuse_images(mri, pet, FusionSettings(task="PET-MRI", device="cpu"), model=seeded_model,
+                      weights_info={"weights": "seeded", "sha256": "abc"})
+    out = res.image
+    assert out.GetNumberOfComponentsPerPixel() == 3 and out.GetPixelID() == sitk.sitkVectorUInt8
+    assert out.GetSize() == mri.GetSize() and out.GetOrigin() == mri.GetOrigin()
+    assert out.GetSpacing() == mri.GetSpacing() and out.GetDirection() == mri.GetDirection()
+    # the output's chroma is the PET's (as displayed with PET-Heat), within rounding, wherever the
+    # recoloured pixel is inside the RGB gamut (outside it, clipping to 0-255 changes the chroma)
+    from ECFusionLib.intensity import map_functional
+
+    rgb, _, _ = map_functional(array(resample_onto(pet, mri)), "PET", "PET-Heat")
+    cbcr_out = rgb_to_ycbcr(array(out))[..., 1:]
+    cbcr_pet = rgb_to_ycbcr(rgb)[..., 1:]
+    in_gamut = np.all((array(out) > 0) & (array(out) < 255), axis=-1)
+    assert in_gamut.mean() > 0.3
+    assert np.abs(cbcr_out - cbcr_pet)[in_gamut].max() <= 1.5
+    # provenance
+    assert res.metadata["task"] == "PET-MRI" and res.metadata["weights_sha256"] == "abc"
+    assert json.loads(out.GetMetaData("ECFusion_second_intensity"))["colormap"] == "PET-Heat"
+    assert json.loads(out.GetMetaData("ECFusion_anatomical_intensity"))["method"] == "percentiles"
+    # inputs untouched
+    assert np.array_equal(array(mri), before[0]) and np.array_equal(array(pet), before[1]) and pet.GetOrigin() == before[2]
+
+
+def test_ct_fusion_is_grey_and_rgb_functional_is_used_as_is(phantom, seeded_model):
+    mri = phantom["MRI"]
+    res = fuse_images(mri, phantom["CT"], FusionSettings(task="CT-MRI", device="cpu", ct_window=400, ct_level=100),
+                      model=seeded_model)
+    assert res.image.GetNumberOfComponentsPerPixel() == 1 and res.image.GetPixelID() == sitk.sitkUInt8
+    assert res.metadata["second_intensity"] == {"modality": "CT", "method": "window", "window": 400.0, "level": 100.0}
+    # an RGB SPECT volume (already pseudocoloured) keeps its colours
+    from ECFusionLib.intensity import map_functional
+
+    rgb, _, _ = map_functional(array(phantom["SPECT"]), "SPECT")
+    rgb_img = sitk.GetImageFromArray(rgb, isVector=True)
+    rgb_img.CopyInformation(phantom["SPECT"])
+    res2 = fuse_images(mri, rgb_img, FusionSettings(task="SPECT-MRI", device="cpu"), model=seeded_model)
+    assert res2.metadata["second_intensity"]["method"] == "rgb-luminance"
+    assert res2.image.GetNumberOfComponentsPerPixel() == 3
+
+
+def test_two_dimensional_images_fuse(seeded_model):
+    rng = np.random.default_rng(0)
+    mri = sitk.GetImageFromArray(rng.integers(0, 255, (50, 60)).astype(np.uint8))
+    ct = sitk.GetImageFromArray(rng.integers(0, 255, (50, 60)).astype(np.uint8))
+    res = fuse_images(mri, ct, FusionSettings(task="CT-MRI", device="cpu"), model=seeded_model)
+    assert res.image.GetSize() == (60, 50)
