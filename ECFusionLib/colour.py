@@ -114,13 +114,10 @@ def apply_colormap(values: np.ndarray, table: np.ndarray, window: float, level: 
     """Scalar values -> ... x 3 uint8 RGB, as a Slicer slice view shows them.
 
     Values are mapped linearly from [level - window/2, level + window/2] to table positions 0..255
-    (clipped at both ends), then the 256 x 3 table is interpolated linearly.
+    (clipped at both ends) and take the table entry at the position rounded down, as Slicer's
+    window/level colour mapping does (checked against slicer-core in the tests).
     """
     if not window > 0:
         raise ECFusionError(f"colour window must be positive, got {window}")
     pos = np.clip((np.asarray(values, dtype=np.float32) - (level - window / 2.0)) / window, 0.0, 1.0) * 255.0
-    lo = np.floor(pos).astype(np.int32)
-    hi = np.minimum(lo + 1, 255)
-    frac = (pos - lo)[..., None]
-    rgb = table[lo] * (1.0 - frac) + table[hi] * frac
-    return to_uint8(rgb * 255.0)
+    return to_uint8(table[np.floor(pos).astype(np.int32)] * 255.0)

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "ECFusionSlicer"))  # the module's Qt-free ECFusionSlicerLib
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np
 import pytest

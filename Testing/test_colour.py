@@ -49,7 +49,7 @@ def test_apply_colormap_uses_window_level():
     table = colormap_table("Grey")
     vals = np.array([-10.0, 0.0, 5.0, 10.0, 99.0])
     rgb = apply_colormap(vals, table, window=10, level=5)
-    assert rgb[:, 0].tolist() == [0, 0, 128, 255, 255]
+    assert rgb[:, 0].tolist() == [0, 0, 127, 255, 255]  # position 127.5 takes entry 127, as Slicer does
     assert np.all(rgb[:, 0] == rgb[:, 1])
 
 

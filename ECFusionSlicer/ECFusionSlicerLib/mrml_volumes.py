@@ -1,0 +1,182 @@
+"""MRML volume helpers that need no Qt: arrays, geometry, exact resampling through transforms, colours.
+
+Coordinates: MRML uses RAS; SimpleITK uses LPS. ``IJKToRAS`` matrices map voxel indices (i, j, k) to RAS mm.
+Volume image data has origin 0 and spacing 1: all geometry is in the node's IJKToRAS matrix.
+"""
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def matrix_to_numpy(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return matrix_to_numpy(m)
+
+
+def world_ijk_to_ras(node) -> np.ndarray | None:
+    """IJK -> world RAS including a *linear* parent transform chain; None if the chain is non-linear."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return ijk_to_ras(node)
+    if not parent.IsTransformToWorldLinear():
+        return None
+    to_world = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(to_world)
+    return matrix_to_numpy(to_world) @ ijk_to_ras(node)
+
+
+def array_from_volume(node) -> np.ndarray:
+    """A copy of the voxels as k x j x i (x components) numpy array."""
+    return array_from_volume_data(node.GetImageData())
+
+
+def image_data_from_array(arr: np.ndarray, vector: bool = False) -> vtk.vtkImageData:
+    """k x j x i (x c) numpy array -> vtkImageData (origin 0, spacing 1)."""
+    ncomp = arr.shape[-1] if vector else 1
+    shape = arr.shape[:-1] if vector else arr.shape
+    img = vtk.vtkImageData()
+    img.SetDimensions(shape[2], shape[1], shape[0])
+    flat = np.ascontiguousarray(arr).reshape(-1, ncomp) if vector else np.ascontiguousarray(arr).ravel()
+    scalars = numpy_support.numpy_to_vtk(flat, deep=True, array_type=numpy_support.get_vtk_array_type(arr.dtype))
+    scalars.SetNumberOfComponents(ncomp)
+    img.GetPointData().SetScalars(scalars)
+    return img
+
+
+def resample_onto(moving, reference, background: float | None = None, image: vtk.vtkImageData | None = None) -> vtk.vtkImageData:
+    """The voxels of ``moving`` (or ``image``, on ``moving``'s grid) sampled at ``reference``'s voxel centres.
+
+    Exact for any parent transforms of either node (linear or not): output IJK -> reference RAS ->
+    world -> moving RAS -> moving IJK, all composed into one vtkGeneralTransform for vtkImageReslice
+    (Slicer's ResampleVolumeToReferenceVolume ignores a transform on the reference). Linear interpolation;
+    points outside ``moving`` get ``background`` (default: its minimum).
+    """
+    t = vtk.vtkGeneralTransform()
+    t.PostMultiply()
+    t.Concatenate(numpy_to_matrix(ijk_to_ras(reference)))
+    ref_to_world = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(reference.GetParentTransformNode(), None, ref_to_world)
+    t.Concatenate(ref_to_world)
+    world_to_moving = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, moving.GetParentTransformNode(), world_to_moving)
+    t.Concatenate(world_to_moving)
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    moving.GetRASToIJKMatrix(ras_to_ijk)
+    t.Concatenate(ras_to_ijk)
+
+    src = vtk.vtkImageData()
+    src.ShallowCopy(image if image is not None else moving.GetImageData())
+    src.SetOrigin(0, 0, 0)
+    src.SetSpacing(1, 1, 1)
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(src)
+    reslice.SetResliceTransform(t)
+    reslice.SetInterpolationModeToLinear()
+    reslice.SetBackgroundLevel(float(src.GetScalarRange()[0]) if background is None else background)
+    dims = reference.GetImageData().GetDimensions()
+    reslice.SetOutputExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1)
+    reslice.SetOutputOrigin(0, 0, 0)
+    reslice.SetOutputSpacing(1, 1, 1)
+    reslice.Update()
+    out = vtk.vtkImageData()
+    out.DeepCopy(reslice.GetOutput())
+    return out
+
+
+def overlap_fraction(moving, reference) -> float:
+    """Fraction of reference voxels whose world position falls inside ``moving``."""
+    ones = vtk.vtkImageData()
+    ones.SetDimensions(moving.GetImageData().GetDimensions())
+    ones.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    ones.GetPointData().GetScalars().Fill(1)
+    inside = resample_onto(moving, reference, 0.0, image=ones)
+    return float(numpy_support.vtk_to_numpy(inside.GetPointData().GetScalars()).mean())
+
+
+def sitk_geometry(ijk2ras: np.ndarray) -> tuple[list, list, list]:
+    """(origin, spacing, direction) in LPS for SimpleITK from an IJKToRAS matrix."""
+    lin = RAS_TO_LPS @ ijk2ras[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    direction = lin / spacing
+    origin = RAS_TO_LPS @ ijk2ras[:3, 3]
+    return origin.tolist(), spacing.tolist(), direction.ravel().tolist()
+
+
+def displayed_rgb(volume_node, image: vtk.vtkImageData) -> np.ndarray:
+    """RGB (k x j x i x 3 uint8) of ``image`` coloured exactly as ``volume_node``'s display node shows
+    its own voxels: same colour node, window/level, thresholds. The node is not modified: a detached
+    copy of its display node is run on ``image``."""
+    display = volume_node.GetDisplayNode()
+    tmp = slicer.vtkMRMLScalarVolumeDisplayNode()
+    tmp.SetScene(volume_node.GetScene())
+    tmp.CopyContent(display)
+    producer = vtk.vtkTrivialProducer()
+    producer.SetOutput(image)
+    tmp.SetInputImageDataConnection(producer.GetOutputPort())
+    conn = tmp.GetOutputImageDataConnection()
+    conn.GetProducer().Update()
+    rgba = conn.GetProducer().GetOutputDataObject(conn.GetIndex())
+    dims = rgba.GetDimensions()
+    arr = numpy_support.vtk_to_numpy(rgba.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0], -1)
+    return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
+
+
+def colour_table(color_node, n: int = 256) -> np.ndarray:
+    """n x 3 (0-1) samples of a colour node over its own range (procedural or table)."""
+    stc = color_node.GetScalarsToColors()
+    lo, hi = stc.GetRange()
+    return np.array([stc.GetColor(lo + (hi - lo) * i / (n - 1)) for i in range(n)], dtype=np.float32)
+
+
+def array_from_volume_data(image: vtk.vtkImageData) -> np.ndarray:
+    """k x j x i (x components) copy of a vtkImageData's scalars."""
+    dims = image.GetDimensions()
+    ncomp = image.GetNumberOfScalarComponents()
+    arr = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).copy()
+    return arr.reshape((dims[2], dims[1], dims[0]) + ((ncomp,) if ncomp > 1 else ()))
+
+
+def pet_colour_node(scene, name: str):
+    """The scene's PET colour node called ``name`` (PET-Heat, PET-Rainbow2, ...), created if missing.
+
+    Works around a Slicer quirk: ``vtkMRMLPETProceduralColorNode.SetTypeToRainbow2()`` sets the *Rainbow*
+    type; the enum value is set directly instead.
+    """
+    node = scene.GetFirstNodeByName(name)
+    if node is not None:
+        return node
+    types = {"PET-Heat": "PETheat", "PET-Rainbow": "PETrainbow", "PET-Rainbow2": "PETrainbow2",
+             "PET-DICOM": "PETDICOM", "PET-HotMetalBlue": "PEThotMetalBlue", "PET-MaximumIntensityProjection": "PETMIP"}
+    if name not in types:
+        raise ValueError(f"unknown PET colour node '{name}': use one of {', '.join(types)}")
+    node = slicer.vtkMRMLPETProceduralColorNode()
+    node.SetType(getattr(node, types[name]))
+    node.SetName(name)
+    return scene.AddNode(node)
+
+
+def new_scene():
+    """A scene with Slicer's default colour nodes, for use outside the application (slicer-core)."""
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLScene(scene)  # adds the default colour nodes (logs harmless 'FindDefaultColorFiles' errors)
+    scene._ecfusion_logics = [colors]  # keep the logic alive with the scene
+    return scene

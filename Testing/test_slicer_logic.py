@@ -1,0 +1,195 @@
+"""ECFusionSlicerLogic on real MRML scenes built with slicer-core (no Qt, no Slicer application)."""
+import json
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+import vtk  # noqa: E402
+
+from ECFusionLib.colour import apply_colormap, colormap_table  # noqa: E402
+from ECFusionLib.errors import CancelledError, ECFusionError, WeightsError  # noqa: E402
+from ECFusionSlicerLib import mrml_volumes as mv  # noqa: E402
+from ECFusionSlicerLib.logic import ECFusionSlicerLogic  # noqa: E402
+from slicer_helpers import (add_linear_transform, add_volume, ijk2ras, rotation, same_snapshot,  # noqa: E402
+                            snapshot, world_positions)
+
+
+def linear_field(p: np.ndarray) -> np.ndarray:
+    """A smooth function of world RAS position: linear interpolation reproduces it exactly."""
+    return (0.7 * p[..., 0] - 0.4 * p[..., 1] + 0.25 * p[..., 2] + 100.0).astype(np.float32)
+
+
+@pytest.fixture
+def scene():
+    return mv.new_scene()
+
+
+def _pair(scene, anat_transform=None, func_transform=None):
+    anat_m = ijk2ras((1.1, 0.9, 2.5), (-20, -18, -15), rotation("z", 17) @ rotation("x", -9))  # oblique, anisotropic
+    anat = add_volume(scene, np.zeros((14, 36, 40), np.float32), anat_m, "MRI")
+    func_m = ijk2ras((1.7, 1.7, 1.7), (-40, -40, -40), rotation("y", 11))
+    func = add_volume(scene, np.zeros((48, 48, 48), np.float32), func_m, "PET")
+    if anat_transform is not None:
+        anat.SetAndObserveTransformNodeID(add_linear_transform(scene, anat_transform, "Tanat").GetID())
+    if func_transform is not None:
+        func.SetAndObserveTransformNodeID(add_linear_transform(scene, func_transform, "Tfunc").GetID())
+    # functional voxels hold the field at their own world positions
+    func.GetImageData().GetPointData().SetScalars(
+        mv.image_data_from_array(linear_field(world_positions(func))).GetPointData().GetScalars())
+    func.GetImageData().Modified()
+    return anat, func
+
+
+MOVE = rotation("z", 8) @ rotation("y", -5)
+MOVE[:3, 3] = (4.0, -3.0, 2.5)
+
+
+@pytest.mark.parametrize("anat_t, func_t", [(None, None), (MOVE, None), (None, MOVE), (MOVE, np.linalg.inv(MOVE) @ rotation("x", 6))])
+def test_resampling_is_exact_through_transforms(scene, anat_t, func_t):
+    anat, func = _pair(scene, anat_t, func_t)
+    moved = mv.array_from_volume_data(mv.resample_onto(func, anat))
+    expected = linear_field(world_positions(anat))
+    # voxels well inside the functional volume (its extent is +-40 mm around the origin)
+    inside = np.all(np.abs(world_positions(anat)) < 30, axis=-1)
+    assert inside.sum() > 2000
+    assert np.abs(moved[inside] - expected[inside]).max() < 1e-2
+
+
+def test_displayed_colours_match_the_pet_heat_table(scene):
+    vals = np.linspace(0, 12, 20 * 30 * 4, dtype=np.float32).reshape(4, 20, 30)
+    pet = add_volume(scene, vals, ijk2ras((2, 2, 2), (0, 0, 0)), "PET")
+    d = pet.GetDisplayNode()
+    d.SetAndObserveColorNodeID(scene.GetFirstNodeByName("PET-Heat").GetID())
+    d.AutoWindowLevelOff()
+    d.SetWindowLevel(10.0, 5.0)
+    rgb = mv.displayed_rgb(pet, pet.GetImageData())
+    ours = apply_colormap(vals, colormap_table("PET-Heat"), 10.0, 5.0)
+    assert np.abs(rgb.astype(int) - ours.astype(int)).max() <= 1
+    assert (rgb[..., 0] == 255).mean() > 0.2 and rgb[0, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_rainbow2_quirk_is_worked_around(scene):
+    quirky = slicer.vtkMRMLPETProceduralColorNode()
+    quirky.SetTypeToRainbow2()
+    # Slicer's bug, pinned: SetTypeToRainbow2() gives the Rainbow map. If this fails, Slicer fixed it.
+    assert quirky.GetTypeAsString() == "PET-Rainbow"
+    scene.RemoveNode(scene.GetFirstNodeByName("PET-Rainbow2"))
+    node = mv.pet_colour_node(scene, "PET-Rainbow2")
+    assert node.GetTypeAsString() == "PET-Rainbow2"
+    table = mv.colour_table(node)
+    assert np.allclose(table, colormap_table("PET-Rainbow2"), atol=1e-3)
+    assert np.allclose(table[64], [0, 0, 1], atol=1e-3) and np.allclose(table[96], [0, 1, 0], atol=1e-3)
+
+
+def _phantom_nodes(scene, phantom, transform_func=False):
+    """The small test phantom (conftest) as MRML nodes, with PET coloured by PET-Heat."""
+    from ECFusionSlicerLib.mrml_volumes import RAS_TO_LPS
+    import SimpleITK as sitk
+
+    nodes = {}
+    for key in ("MRI", "PET", "CT"):
+        img = phantom[key]
+        d = np.array(img.GetDirection()).reshape(3, 3)
+        m = np.eye(4)
+        m[:3, :3] = RAS_TO_LPS @ d @ np.diag(img.GetSpacing())
+        m[:3, 3] = RAS_TO_LPS @ np.array(img.GetOrigin())
+        nodes[key] = add_volume(scene, sitk.GetArrayFromImage(img), m, {"MRI": "T1 brain", "PET": "FDG PET", "CT": "head CT"}[key])
+    d = nodes["PET"].GetDisplayNode()
+    d.SetAndObserveColorNodeID(scene.GetFirstNodeByName("PET-Heat").GetID())
+    d.AutoWindowLevelOff()
+    d.SetWindowLevel(6.0, 3.0)
+    return nodes
+
+
+def test_process_pet_writes_rgb_volume_with_provenance(scene, phantom, weights_file):
+    nodes = _phantom_nodes(scene, phantom)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
+    for n in nodes.values():
+        sh.CreateItem(study, n)
+    before = {k: snapshot(n) for k, n in nodes.items()}
+    progress = []
+    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
+                                            progressCallback=lambda k, n: progress.append((k, n)))
+    assert out.IsA("vtkMRMLVectorVolumeNode")
+    img = out.GetImageData()
+    assert img.GetNumberOfScalarComponents() == 3 and img.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
+    # geometry identical to the anatomical volume (CompareVolumeGeometry-equivalent)
+    assert img.GetDimensions() == nodes["MRI"].GetImageData().GetDimensions()
+    assert np.allclose(mv.ijk_to_ras(out), mv.ijk_to_ras(nodes["MRI"]), atol=1e-6)
+    d = out.GetDisplayNode()
+    assert (d.GetWindow(), d.GetLevel()) == (255.0, 127.5)
+    assert out.GetName() == "T1 brain + FDG PET (ECFusion)"
+    assert out.GetAttribute("ECFusion.task") == "PET-MRI"  # detected from the name
+    assert len(out.GetAttribute("ECFusion.weights_sha256")) == 64
+    assert json.loads(out.GetAttribute("ECFusion.functional_display")) == {"colorNode": "PET-Heat", "window": 6.0, "level": 3.0}
+    assert sh.GetItemParent(sh.GetItemByDataNode(out)) == study
+    assert progress[-1][0] == progress[-1][1] > 0
+    for k, n in nodes.items():
+        assert same_snapshot(before[k], snapshot(n)), f"input {k} was modified"
+
+
+def test_ct_gives_scalar_output_and_task_from_dicom_modality(scene, phantom, weights_file):
+    nodes = _phantom_nodes(scene, phantom)
+    nodes["CT"].SetName("series 3")
+    logic = ECFusionSlicerLogic(scene)
+    with pytest.raises(ECFusionError, match="choose the task"):
+        logic.detectTask(nodes["CT"])
+    nodes["CT"].SetAttribute("DICOM.Modality", "CT")
+    assert logic.detectTask(nodes["CT"]) == "CT-MRI"
+    out = logic.process(nodes["MRI"], nodes["CT"], device="cpu", weightsPath=weights_file, ctWindow=300, ctLevel=50)
+    assert out.IsA("vtkMRMLScalarVolumeNode") and not out.IsA("vtkMRMLVectorVolumeNode")
+    assert json.loads(out.GetAttribute("ECFusion.second_intensity"))["window"] == 300.0
+
+
+def test_cancel_and_failure_leave_the_scene_unchanged(scene, phantom, weights_file, tmp_path):
+    nodes = _phantom_nodes(scene, phantom)
+    logic = ECFusionSlicerLogic(scene)
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(CancelledError):
+        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file, cancelCheck=lambda: True)
+    assert scene.GetNumberOfNodes() == count
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(WeightsError):
+        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=str(bad))
+    assert scene.GetNumberOfNodes() == count
+    far = add_volume(scene, np.ones((5, 5, 5), np.float32) * np.arange(5, dtype=np.float32), ijk2ras((1, 1, 1), (900, 0, 0)), "PET far")
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(ECFusionError, match="do not overlap"):
+        logic.process(nodes["MRI"], far, device="cpu", weightsPath=weights_file)
+    with pytest.raises(ECFusionError, match="must not be one of the inputs"):
+        logic.process(nodes["MRI"], nodes["PET"], nodes["MRI"], device="cpu", weightsPath=weights_file)
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_rgb_output_round_trips_through_slicer_nrrd_storage(scene, phantom, weights_file, tmp_path):
+    nodes = _phantom_nodes(scene, phantom)
+    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file)
+    path = str(tmp_path / "fused.nrrd")
+    storage = out.CreateDefaultStorageNode()
+    storage.SetFileName(path)
+    assert storage.WriteData(out)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLScene(scene)
+    back = volumes.AddArchetypeVolume(path, "reloaded")
+    assert back.IsA("vtkMRMLVectorVolumeNode")
+    assert np.array_equal(mv.array_from_volume(back), mv.array_from_volume(out))
+    assert np.allclose(mv.ijk_to_ras(back), mv.ijk_to_ras(out), atol=1e-5)
+
+
+def test_parameter_node_variant_and_existing_output(scene, phantom, weights_file):
+    nodes = _phantom_nodes(scene, phantom)
+    logic = ECFusionSlicerLogic(scene)
+    p = logic.getParameterNode()
+    assert logic.getParameterNode() is p  # singleton
+    p.SetNodeReferenceID("anatomicalVolume", nodes["MRI"].GetID())
+    p.SetNodeReferenceID("functionalVolume", nodes["PET"].GetID())
+    p.SetParameter("device", "cpu")
+    p.SetParameter("weightsPath", weights_file)
+    existing = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "my output")
+    p.SetNodeReferenceID("outputVolume", existing.GetID())
+    out = logic.processUsingParameterNode(p)
+    assert out is existing and out.GetImageData().GetNumberOfScalarComponents() == 3
+    assert p.GetNodeReference("outputVolume") is existing
