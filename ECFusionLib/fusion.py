@@ -17,7 +17,7 @@ from .colour import recolour
 from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
 from .geometry import resample_onto, slice_axis
-from .intensity import map_ct, map_functional, map_mri, map_rgb
+from .intensity import FUNCTIONAL_PERCENTILES, map_ct, map_functional, map_mri, map_rgb, robust_range
 from .network import ARCHITECTURE, ECFusionNet
 from .tasks import FUNCTIONAL_TASKS, check_task, second_modality
 from .volume_io import check_image
@@ -47,6 +47,15 @@ class FusionResult:
     metadata: dict = field(default_factory=dict)
 
 
+def default_window_level(values: np.ndarray, window: float | None, level: float | None) -> tuple[float, float]:
+    """Window/level for scalar PET/SPECT voxel ``values``: the given ones, else their robust range. Callers pass
+    the volume as acquired (not resampled), so the result does not depend on the anatomical grid."""
+    if window is not None and level is not None:
+        return float(window), float(level)
+    low, high = robust_range(values, FUNCTIONAL_PERCENTILES)
+    return (high - low if window is None else float(window)), ((high + low) / 2 if level is None else float(level))
+
+
 def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSettings, *,
                 model: ECFusionNet | None = None, weights_info: dict | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
@@ -74,8 +83,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         if moved.GetNumberOfComponentsPerPixel() == 3:
             rgb, sec_u8, sec_map = map_rgb(sec, modality)
         else:
-            rgb, sec_u8, sec_map = map_functional(sec, modality, settings.colormap, settings.window, settings.level,
-                                                  settings.colormap_table)
+            window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
+            rgb, sec_u8, sec_map = map_functional(sec, modality, settings.colormap, window, level, settings.colormap_table)
     elif moved.GetNumberOfComponentsPerPixel() == 3:
         _, sec_u8, sec_map = map_rgb(sec, modality)
     else:

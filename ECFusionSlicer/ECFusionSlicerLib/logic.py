@@ -191,7 +191,7 @@ class ECFusionSlicerLogic:
 
     def _rgb_with_overrides(self, functionalNode, moved, colorNodeID, window, level):
         from ECFusionLib.colour import apply_colormap
-        from ECFusionLib.intensity import FUNCTIONAL_PERCENTILES, robust_range
+        from ECFusionLib.fusion import default_window_level
 
         values = mv.array_from_volume_data(moved)
         display = functionalNode.GetDisplayNode()
@@ -200,13 +200,10 @@ class ECFusionSlicerLogic:
             color = self.scene.GetFirstNodeByName("PET-Heat")
         if color is None:
             raise ECFusionError(f"colour node '{colorNodeID}' not found in the scene")
-        if window is None or level is None:
-            if display is not None:
-                window = display.GetWindow() if window is None else window
-                level = display.GetLevel() if level is None else level
-            else:
-                lo, hi = robust_range(mv.array_from_volume(functionalNode), FUNCTIONAL_PERCENTILES)
-                window, level = (hi - lo if window is None else window), ((hi + lo) / 2 if level is None else level)
+        if display is not None:
+            window = display.GetWindow() if window is None else window
+            level = display.GetLevel() if level is None else level
+        window, level = default_window_level(mv.array_from_volume(functionalNode), window, level)
         rgb = apply_colormap(values, mv.colour_table(color), float(window), float(level))
         return rgb, {"colorNode": color.GetName(), "window": float(window), "level": float(level)}
 

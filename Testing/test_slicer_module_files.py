@@ -1,0 +1,111 @@
+"""The extension's build files and widget resources agree with the code (the desktop app cannot run here)."""
+import ast
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "ECFusionSlicer"
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in cmake and "slicerMacroBuildScriptedModule" in cmake
+    listed = set(re.findall(r"\$\{MODULE_NAME\}(\S*\.(?:py|png|ui))", cmake))
+    listed = {("ECFusionSlicer" + x) if not x.startswith("/") else x for x in listed}
+    listed |= set(re.findall(r"^\s+(Resources/\S+)", cmake, re.M))
+    on_disk = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*") if p.suffix in (".py", ".png", ".ui")
+               and "Testing" not in p.parts and "__pycache__" not in p.parts}
+    normalised = {x.replace("Resources/Icons/ECFusionSlicer", "Resources/Icons/ECFusionSlicer") for x in listed}
+    expected = {s.replace("${MODULE_NAME}", "ECFusionSlicer") for s in normalised}
+    assert on_disk <= expected | {"Resources/Icons/ECFusionSlicer.png", "Resources/UI/ECFusionSlicer.ui"}, on_disk - expected
+    for rel in on_disk:
+        assert (MODULE / rel).is_file()
+
+
+def test_top_level_cmake_has_extension_metadata():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                "EXTENSION_SCREENSHOTURLS", 'EXTENSION_DEPENDS "PyTorch"'):
+        assert key in cmake
+    entry = json.loads((ROOT / "ECFusion.json").read_text())
+    assert entry["build_dependencies"] == ["PyTorch"] and entry["scm_url"].endswith(".git")
+    icon = sitk.ReadImage(str(MODULE / "Resources" / "Icons" / "ECFusionSlicer.png"))
+    assert icon.GetSize() == (128, 128)
+
+
+def _parameter_fields():
+    tree = ast.parse((MODULE / "ECFusionSlicer.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ECFusionSlicerParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_ui_widgets_bind_to_the_parameter_node_and_logic():
+    root = ET.parse(MODULE / "Resources" / "UI" / "ECFusionSlicer.ui").getroot()
+    bound = {}
+    for w in root.iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = w.get("name")
+    fields = _parameter_fields()
+    assert set(bound) == fields
+    from ECFusionSlicerLib.logic import PARAMETERS
+
+    assert set(PARAMETERS) <= fields
+    names = {w.get("name") for w in root.iter("widget")}
+    code = (MODULE / "ECFusionSlicer.py").read_text()
+    for used in set(re.findall(r"self\.ui\.(\w+)", code)):
+        assert used in names, f"the widget code uses ui.{used}, which the .ui file lacks"
+
+
+def test_module_script_compiles_and_imports_nothing_heavy_at_top_level():
+    src = (MODULE / "ECFusionSlicer.py").read_text()
+    compile(src, "ECFusionSlicer.py", "exec")
+    tree = ast.parse(src)
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    mods = {a.name for n in top if isinstance(n, ast.Import) for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not any(m and m.split(".")[0] in ("torch", "ECFusionLib", "pip") for m in mods)
+    logic_src = (MODULE / "ECFusionSlicerLib" / "logic.py").read_text()
+    assert "import qt" not in logic_src and "import torch" not in logic_src
+
+
+def test_logic_import_does_not_import_torch():
+    code = ("import sys; sys.path.insert(0, %r); import ECFusionSlicerLib.logic; "
+            "print('torch' in sys.modules)") % str(MODULE)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("False")
+
+
+def test_batch_script_in_plain_python_matches_the_command_line(tmp_path, phantom_files, weights_file):
+    """scripts/slicer_batch_fuse.py (MRML logic, vtkImageReslice) against `ecfusion fuse` (SimpleITK)."""
+    batch_out, cli_out = tmp_path / "batch.nrrd", tmp_path / "cli.nrrd"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "slicer_batch_fuse.py"), "--anatomical", phantom_files["MRI"],
+                          "--functional", phantom_files["PET"], "--output", str(batch_out), "--weights", weights_file,
+                          "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "wrote" in res.stdout
+    from ECFusionLib.cli import main
+
+    assert main(["fuse", "--anatomical", phantom_files["MRI"], "--functional", phantom_files["PET"], "--task", "PET-MRI",
+                 "--output", str(cli_out), "--weights", weights_file, "--device", "cpu", "--quiet"]) == 0
+    a, b = sitk.ReadImage(str(batch_out)), sitk.ReadImage(str(cli_out))
+    assert a.GetSize() == b.GetSize() and a.GetNumberOfComponentsPerPixel() == 3
+    assert np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    diff = np.abs(sitk.GetArrayFromImage(a).astype(int) - sitk.GetArrayFromImage(b).astype(int))
+    assert diff.mean() < 2.0  # two resamplers and colour paths, one answer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.nrrd", "cli.nrrd"]
+
+
+def test_batch_script_bad_input_exit_code(tmp_path, phantom_files):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "slicer_batch_fuse.py"), "--anatomical", str(tmp_path / "none.nrrd"),
+                          "--functional", phantom_files["PET"], "--output", str(tmp_path / "o.nrrd")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not found" in res.stderr
