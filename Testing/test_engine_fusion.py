@@ -81,9 +81,11 @@ def test_pet_fusion_keeps_colour_and_grid(phantom, seeded_model):
     assert out.GetSpacing() == mri.GetSpacing() and out.GetDirection() == mri.GetDirection()
     # the output's chroma is the PET's (as displayed with PET-Heat), within rounding, wherever the
     # recoloured pixel is inside the RGB gamut (outside it, clipping to 0-255 changes the chroma)
+    from ECFusionLib.fusion import default_window_level
     from ECFusionLib.intensity import map_functional
 
-    rgb, _, _ = map_functional(array(resample_onto(pet, mri)), "PET", "PET-Heat")
+    window, level = default_window_level(array(pet), None, None)  # from the PET as acquired
+    rgb, _, _ = map_functional(array(resample_onto(pet, mri)), "PET", "PET-Heat", window, level)
     cbcr_out = rgb_to_ycbcr(array(out))[..., 1:]
     cbcr_pet = rgb_to_ycbcr(rgb)[..., 1:]
     in_gamut = np.all((array(out) > 0) & (array(out) < 255), axis=-1)
