@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-cases", nargs="*", help="case numbers held out for validation (default: seeded 15%% of cases)")
     t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--no-bf16", dest="bf16", action="store_false")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int)
     t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much training time")

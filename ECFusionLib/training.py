@@ -56,7 +56,7 @@ class TrainConfig:
     val_cases: list[str] | None = None
     init_weights: str | None = None
     device: str = "auto"
-    bf16: bool = True
+    bf16: bool = False  # bf16 autocast: faster on CPU, but training diverged with it (see MODEL_CARD.md)
     seed: int = 0
     threads: int | None = None
     max_minutes: float | None = None

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from ECFusionLib.colour import rgb_to_ycbcr
-from ECFusionLib.engine import fuse_volume
+from ECFusionLib.engine import AIR_LEVEL, content_box, cpu_has_bf16, fuse_volume
 from ECFusionLib.errors import CancelledError, ECFusionError
 from ECFusionLib.fusion import FusionSettings, fuse_images
 from ECFusionLib.geometry import resample_onto
@@ -26,7 +26,9 @@ def test_engine_is_deterministic_and_reports_progress(seeded_model):
     assert f1.dtype == np.uint8 and f1.shape == a.shape
     assert np.array_equal(f1, f2)
     assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
-    assert info.device == "cpu" and info.precision == "fp32"
+    assert info.device == "cpu" and info.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    _, ref_info = fuse_volume(seeded_model, a[:1], b[:1], device="cpu", fast=False)
+    assert ref_info.precision == "fp32"
 
 
 def test_engine_slices_along_any_axis(seeded_model):
@@ -122,3 +124,34 @@ def test_two_dimensional_images_fuse(seeded_model):
     ct = sitk.GetImageFromArray(rng.integers(0, 255, (50, 60)).astype(np.uint8))
     res = fuse_images(mri, ct, FusionSettings(task="CT-MRI", device="cpu"), model=seeded_model)
     assert res.image.GetSize() == (60, 50)
+
+
+def test_content_box_grows_to_multiples_and_stays_inside():
+    a = np.zeros((2, 100, 120), np.uint8)
+    b = np.zeros_like(a)
+    assert content_box(a, b) is None
+    a[1, 40:45, 50:53] = 200
+    y0, y1, x0, x1 = content_box(a, b)
+    assert y0 <= 40 - 16 and y1 >= 45 + 16 and x0 <= 50 - 16 and x1 >= 53 + 16
+    assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
+    b[0, 95:, 110:] = 9
+    y0, y1, x0, x1 = content_box(a, b)
+    assert y1 == 100 and x1 == 120 and 0 <= y0 and 0 <= x0
+
+
+def test_fast_path_matches_reference_on_a_head(seeded_model):
+    """Air skipping + bf16 against the fp32 full-slice reference, on a phantom head at 2 mm (lots of air)."""
+    from ECFusionLib.intensity import map_ct, map_mri
+    from ECFusionLib.phantom import make_phantom
+
+    ph = make_phantom(size=(90, 108, 90), seed=3, spacing=2.0)
+    mri, _ = map_mri(array(ph["MRI"])[::3])
+    ct, _ = map_ct(array(resample_onto(ph["CT"], ph["MRI"]))[::3])
+    ref, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=False)
+    fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True)
+    diff = np.abs(fast.astype(int) - ref.astype(int))
+    head = (mri > AIR_LEVEL) | (ct > AIR_LEVEL)
+    assert info.computed_slices < ct.shape[0] and info.computed_fraction < 0.9  # air was skipped
+    assert diff[head].mean() < 3.0
+    empty = ~head.reshape(head.shape[0], -1).any(axis=1)
+    assert np.array_equal(fast[empty], np.maximum(ct, mri)[empty])  # air slices: the inputs' maximum
