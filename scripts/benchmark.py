@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Speed and memory of the fusion engine against the naive per-slice loop, in one run.
+
+    python scripts/benchmark.py --quick        # about a minute on 2 CPU cores; ends with speedup_vs_naive=<ratio>
+    python scripts/benchmark.py                # + whole volumes 256x256x180 and 512x512x300 (long on CPU)
+    python scripts/benchmark.py --device cuda  # the GPU path (engine) against the naive loop on the same GPU
+    python scripts/benchmark.py --quick --load # with the other core kept busy (a Slicer session, a training run)
+
+Naive = what research test scripts do: one slice at a time, fp32, eager, full slices, torch.no_grad.
+Engine = ECFusionLib.engine.fuse_volume (bf16 where native, channels_last, air skipping, batching on GPU).
+Weights are seeded random ones (speed does not depend on the values). Numbers are medians of repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ECFusionLib.engine import cpu_has_bf16, fuse_volume, resolve_device  # noqa: E402
+from ECFusionLib.network import ECFusionNet, count_parameters  # noqa: E402
+
+
+# ---------------------------------------------------------------- measurement helpers
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def naive_fuse(model, a: np.ndarray, b: np.ndarray, dev) -> np.ndarray:
+    """The reference: one slice at a time, fp32, full slices."""
+    out = np.empty_like(a)
+    with torch.no_grad():
+        for k in range(a.shape[0]):
+            ta = torch.from_numpy(a[k]).float().div(127.5).sub(1.0)[None, None].to(dev)
+            tb = torch.from_numpy(b[k]).float().div(127.5).sub(1.0)[None, None].to(dev)
+            f = model(ta, tb)
+            out[k] = ((f[0, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return out
+
+
+def timed(fn, dev, repeats=1):
+    times = []
+    result = None
+    for _ in range(repeats):
+        sync(dev)
+        t = time.perf_counter()
+        result = fn()
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), result
+
+
+def flops_per_slice(model, size=256) -> float:
+    """Multiply-adds for one pair of size x size inputs (fvcore's 'FLOP' convention, as the paper reports)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.float().cpu()(x, x)
+    return counter.get_total_flops() / 2
+
+
+def busy_loop(stop):
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+# ---------------------------------------------------------------- test data
+def head_pair(size_xyz=(181, 217, 181), spacing=1.0):
+    """The demo's phantom MRI and PET (PET resampled onto the MRI grid), mapped to 8 bits like the pipeline."""
+    from ECFusionLib.fusion import default_window_level
+    from ECFusionLib.geometry import resample_onto
+    from ECFusionLib.intensity import map_functional, map_mri
+    from ECFusionLib.phantom import make_phantom
+    import SimpleITK as sitk
+
+    ph = make_phantom(size=size_xyz, seed=0, spacing=spacing)
+    mri, _ = map_mri(sitk.GetArrayFromImage(ph["MRI"]))
+    pet_arr = sitk.GetArrayFromImage(resample_onto(ph["PET"], ph["MRI"]))
+    w, l = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None)
+    _, pet_y, _ = map_functional(pet_arr, "PET", None, w, l)
+    return pet_y, mri
+
+
+def scaled_head(shape):
+    """A head pair on a grid of ``shape`` (k, H, W): the phantom's FOV resampled to that matrix."""
+    k, h, w = shape
+    fov = np.array([181.0, 217.0, 181.0])
+    return head_pair((w, h, k), spacing=float(np.max(fov / np.array([w, h, k]))))
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="about a minute on 2 CPU cores")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--load", action="store_true", help="keep one other core busy during the measurements")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = ECFusionNet().eval()
+    stop = mp.Event()
+    loader = None
+    if args.load:
+        loader = mp.Process(target=busy_loop, args=(stop,), daemon=True)
+        loader.start()
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, device {dev}, native bf16 {cpu_has_bf16()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, other core busy: {args.load}")
+    print(f"parameters: {count_parameters(model):,}")
+    print(f"FLOPs per 256x256 slice pair (multiply-adds, fvcore convention): {flops_per_slice(model) / 1e9:.2f} G")
+    model = model.to(dev)
+
+    rng = np.random.default_rng(0)
+    sizes = [(256, 3 if args.quick else 10), (512, 2 if args.quick else 5)]
+    for size, n in sizes:
+        a = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        b = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        naive_fuse(model, a[:1], b[:1], dev)  # warm-up
+        t_naive, _ = timed(lambda: naive_fuse(model, a, b, dev), dev)
+        fuse_volume(model, a[:1], b[:1], device=str(dev))
+        t_eng, (_, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
+        print(f"{size}x{size} (no air): naive {1000 * t_naive / n:.0f} ms/slice, engine {1000 * t_eng / n:.0f} ms/slice "
+              f"({info.precision}, batch {info.batch_size}), speed-up {t_naive / t_eng:.2f}x")
+
+    # the realistic head: the demo phantom pair, axial slices
+    a, b = head_pair()
+    if args.quick:
+        a, b = a[::6], b[::6]
+    air = float(np.mean((a <= 4) & (b <= 4)))
+    reset_peak_rss()
+    base = peak_rss_mb()
+    t_naive, ref = timed(lambda: naive_fuse(model, a, b, dev), dev)
+    rss_naive = peak_rss_mb() - base
+    reset_peak_rss()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_eng, (fused, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
+    rss_eng = peak_rss_mb() - base
+    diff = np.abs(fused.astype(int) - ref.astype(int))
+    head = (a > 4) | (b > 4)
+    print(f"head phantom {a.shape[2]}x{a.shape[1]}, {a.shape[0]} slices, background fraction {air:.2f}: naive {t_naive:.1f} s "
+          f"({1000 * t_naive / a.shape[0]:.0f} ms/slice), engine {t_eng:.1f} s ({1000 * t_eng / a.shape[0]:.0f} ms/slice, "
+          f"{info.computed_slices} slices computed, {100 * info.computed_fraction:.0f} % of the area)")
+    print(f"engine vs naive output: mean |diff| in the head {diff[head].mean():.2f} grey levels, "
+          f"99th percentile {np.percentile(diff[head], 99):.0f}, max {diff.max()} (random weights)")
+    print(f"peak RSS above start: naive {rss_naive:.0f} MB, engine {rss_eng:.0f} MB"
+          + (f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if dev.type == "cuda" else ""))
+    speedup = t_naive / t_eng
+
+    if not args.quick:
+        for shape in ((180, 256, 256), (300, 512, 512)):
+            va, vb = scaled_head(shape)
+            reset_peak_rss()
+            base = peak_rss_mb()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t_eng, (_, info) = timed(lambda: fuse_volume(model, va, vb, device=str(dev)), dev)
+            rss = peak_rss_mb() - base
+            cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0
+            t_nv, _ = timed(lambda: naive_fuse(model, va, vb, dev), dev)
+            print(f"volume {shape[2]}x{shape[1]}x{shape[0]}: naive {t_nv:.1f} s, engine {t_eng:.1f} s "
+                  f"(speed-up {t_nv / t_eng:.2f}x), engine peak RSS above inputs {rss:.0f} MB"
+                  + (f", peak CUDA {cuda_mb:.0f} MB" if cuda_mb else ""))
+    if loader is not None:
+        stop.set()
+        loader.join(timeout=5)
+    print(f"speedup_vs_naive={speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
