@@ -45,7 +45,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 AIR_LEVEL = 4  # grey levels (0-255) at or below which a voxel counts as air
-MARGIN = 16  # pixels of context kept around the content
+MARGIN = 8  # pixels of context kept around the content
 
 
 def cpu_has_bf16() -> bool:

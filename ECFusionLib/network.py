@@ -23,7 +23,7 @@ ARCHITECTURE = "ecfusion-v1"
 
 
 def lrelu() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2)
+    return nn.LeakyReLU(0.2, inplace=True)
 
 
 def sobel_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -56,7 +56,7 @@ class FeatureEnhancement(nn.Module):
     def forward(self, f_in: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         f_edge = self.act(self.edge_conv(edge))
         m_c = F.gelu(self.mlp(F.adaptive_max_pool2d(f_edge, 1)) + self.mlp(F.adaptive_avg_pool2d(f_edge, 1)))
-        return f_in * f_edge + f_in * m_c
+        return f_in * (f_edge + m_c)  # = F_in * F_edge + F_in * M_c, one multiply fewer
 
 
 class ResidualBlock(nn.Module):
@@ -186,8 +186,8 @@ class CSTF(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])
         grid = (size[0] // PATCH, size[1] // PATCH)
-        qk_x, v_x = self.hcel(x)
-        qk_y, v_y = self.hcel(y)
+        qk, v = self.hcel(torch.cat([x, y]))  # shared weights: one pass over both inputs
+        (qk_x, qk_y), (v_x, v_y) = qk.chunk(2), v.chunk(2)
         t_x = self.attn_x(qk_y, qk_x, v_x, grid)
         t_y = self.attn_y(qk_x, qk_y, v_y, grid)
         x2 = x * self.attn_x.to_image(t_x, grid, size)
@@ -243,7 +243,8 @@ class ECFusionNet(nn.Module):
             raise ValueError(f"expected two B x 1 x H x W tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
         a, (h, w) = pad_to_multiple(a)
         b, _ = pad_to_multiple(b)
-        fused = [cstf(fa, fb) for cstf, fa, fb in zip(self.cstf, self.eam(a), self.eam(b))]
+        taps = self.eam(torch.cat([a, b]))  # shared EAM: one pass over both inputs (same result, fewer calls)
+        fused = [cstf(*tap.chunk(2)) for cstf, tap in zip(self.cstf, taps)]
         return self.decoder(torch.cat(fused, dim=1))[..., :h, :w]
 
 
