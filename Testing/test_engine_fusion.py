@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from ECFusionLib.colour import rgb_to_ycbcr
-from ECFusionLib.engine import AIR_LEVEL, content_box, cpu_has_bf16, fuse_volume
+from ECFusionLib.engine import AIR_LEVEL, MARGIN, content_box, cpu_has_bf16, fuse_volume
 from ECFusionLib.errors import CancelledError, ECFusionError
 from ECFusionLib.fusion import FusionSettings, fuse_images
 from ECFusionLib.geometry import resample_onto
@@ -33,19 +33,19 @@ def test_engine_is_deterministic_and_reports_progress(seeded_model):
 
 def test_engine_slices_along_any_axis(seeded_model):
     a, b = _vols((5, 24, 20))
-    f0, _ = fuse_volume(seeded_model, a, b, axis=0, device="cpu")
-    f2, info = fuse_volume(seeded_model, a, b, axis=2, device="cpu", batch_size=3)
+    f0, _ = fuse_volume(seeded_model, a, b, axis=0, device="cpu", fast=False)
+    f2, info = fuse_volume(seeded_model, a, b, axis=2, device="cpu", batch_size=3, fast=False)
     assert f2.shape == a.shape and info.slices == 20
     # slice 7 along axis 2 equals fusing that 2D slice alone
-    alone, _ = fuse_volume(seeded_model, a[:, :, 7], b[:, :, 7], device="cpu")
+    alone, _ = fuse_volume(seeded_model, a[:, :, 7], b[:, :, 7], device="cpu", fast=False)
     assert np.abs(f2[:, :, 7].astype(int) - alone.astype(int)).max() <= 1
     assert not np.array_equal(f0, f2)  # a different slicing direction is a different result
 
 
 def test_batch_size_does_not_change_the_result(seeded_model):
     a, b = _vols((7, 32, 32), seed=2)
-    f1, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=1)
-    f4, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=4)
+    f1, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=1, fast=False)
+    f4, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=4, fast=False)
     assert np.abs(f1.astype(int) - f4.astype(int)).max() <= 1
 
 
@@ -132,7 +132,7 @@ def test_content_box_grows_to_multiples_and_stays_inside():
     assert content_box(a, b) is None
     a[1, 40:45, 50:53] = 200
     y0, y1, x0, x1 = content_box(a, b)
-    assert y0 <= 40 - 16 and y1 >= 45 + 16 and x0 <= 50 - 16 and x1 >= 53 + 16
+    assert y0 <= 40 - MARGIN and y1 >= 45 + MARGIN and x0 <= 50 - MARGIN and x1 >= 53 + MARGIN
     assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
     b[0, 95:, 110:] = 9
     y0, y1, x0, x1 = content_box(a, b)
