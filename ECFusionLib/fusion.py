@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,11 +20,13 @@ from .errors import ECFusionError
 from .geometry import resample_onto, slice_axis
 from .intensity import FUNCTIONAL_PERCENTILES, map_ct, map_functional, map_mri, map_rgb, robust_range
 from .network import ARCHITECTURE, ECFusionNet
+from .registration import alignment_check
 from .tasks import FUNCTIONAL_TASKS, check_task, second_modality
 from .volume_io import check_image
 from .weights import load_model
 
 METADATA_PREFIX = "ECFusion_"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,9 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     axis = slice_axis(anatomical, settings.axis)
 
     moved = resample_onto(second, anatomical, transform)
+    alignment = alignment_check(anatomical, moved)
+    if alignment.misaligned:
+        log.warning(alignment.message())
     mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
     sec = sitk.GetArrayFromImage(moved)
     rgb = None
@@ -105,6 +111,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "anatomical_intensity": mri_map, "second_intensity": sec_map,
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
         "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
+        "alignment": {"dice": round(alignment.dice, 4), "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
+        "registration": "given transform" if transform is not None else "none",
     }
     for key, value in metadata.items():
         out.SetMetaData(METADATA_PREFIX + key, value if isinstance(value, str) else json.dumps(value))

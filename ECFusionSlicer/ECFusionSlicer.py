@@ -56,6 +56,8 @@ class ECFusionSlicerParameterNode:
     ctWindow: float = 150.0
     ctLevel: float = 40.0
     weightsPath: str = ""
+    registration: Annotated[str, Choice(["none", "rigid", "affine"])] = "none"
+    registrationTransform: slicer.vtkMRMLLinearTransformNode
 
 
 class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -193,3 +193,43 @@ def test_parameter_node_variant_and_existing_output(scene, phantom, weights_file
     out = logic.processUsingParameterNode(p)
     assert out is existing and out.GetImageData().GetNumberOfScalarComponents() == 3
     assert p.GetNodeReference("outputVolume") is existing
+
+
+def test_register_before_fusion_creates_an_editable_transform(scene, weights_file):
+    """A PET node misaligned by a known motion: the logic registers it, fuses through the transform, keeps the
+    transform node for inspection, and re-uses an edited transform with registration 'none'."""
+    import SimpleITK as sitk
+
+    from ECFusionLib.phantom import make_phantom
+    from test_registration import errors, known_motion, moved_copy
+
+    ph = make_phantom(size=(90, 108, 90), seed=3, spacing=2.0)
+    motion = known_motion((0, 0, 8), (10, -6, 0))
+    nodes = {}
+    for key, img in (("MRI", ph["MRI"]), ("PET", moved_copy(ph["PET"], motion))):
+        m = np.eye(4)
+        m[:3, :3] = mv.RAS_TO_LPS @ np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+        m[:3, 3] = mv.RAS_TO_LPS @ np.array(img.GetOrigin())
+        nodes[key] = add_volume(scene, sitk.GetArrayFromImage(img), m, {"MRI": "T1", "PET": "PET moved"}[key])
+    before = snapshot(nodes["PET"])
+    logic = ECFusionSlicerLogic(scene)
+    out = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file,
+                        registration="rigid")
+    tx = scene.GetNodeByID(out.GetAttribute("ECFusion.registration_transform"))
+    assert tx.IsA("vtkMRMLLinearTransformNode") and tx.GetName() == "PET moved to T1 (ECFusion)"
+    m = vtk.vtkMatrix4x4()
+    tx.GetMatrixTransformFromParent(m)
+    found = sitk.AffineTransform(3)
+    lps = mv.lps_to_ras_matrix(mv.matrix_to_numpy(m))  # the same flip converts back
+    found.SetMatrix(lps[:3, :3].ravel().tolist())
+    found.SetTranslation(lps[:3, 3].tolist())
+    angle, shift = errors(found, motion.GetInverse())
+    assert angle < 1.0 and shift < 1.0
+    assert json.loads(out.GetAttribute("ECFusion.alignment"))["misaligned"] is False
+    assert same_snapshot(before, snapshot(nodes["PET"]))  # the PET itself was not moved
+    # re-run with the (edited) transform and no new registration
+    count = scene.GetNumberOfNodes()
+    out2 = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file,
+                         registrationTransformNode=tx)
+    assert out2.GetAttribute("ECFusion.registration") == "given transform"
+    assert scene.GetNumberOfNodes() == count + 1 + 1  # the output volume and its display node; no new transform

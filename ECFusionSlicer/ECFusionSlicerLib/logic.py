@@ -38,7 +38,7 @@ NAME_PATTERNS = [  # (regular expression on the node name, task), first match wi
 ]
 # The parameters a parameter node holds (the widget's parameterNodeWrapper uses the same names).
 PARAMETERS = {"task": "auto", "device": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "", "ctLevel": "",
-              "weightsPath": ""}
+              "weightsPath": "", "registration": "none"}
 
 
 class ECFusionSlicerLogic:
@@ -70,7 +70,8 @@ class ECFusionSlicerLogic:
     def processUsingParameterNode(self, parameterNode=None, progressCallback=None, cancelCheck=None):
         """Run ``process`` with the inputs and settings stored in a parameter node.
 
-        Node references: anatomicalVolume, functionalVolume, outputVolume (optional; set on success).
+        Node references: anatomicalVolume, functionalVolume, outputVolume and registrationTransform (optional;
+        set on success).
         """
         p = parameterNode or self.getParameterNode()
 
@@ -90,9 +91,13 @@ class ECFusionSlicerLogic:
         output = self.process(anatomical, functional, p.GetNodeReference("outputVolume"),
                               task=None if task == "auto" else task, device=param("device"), axis=param("axis"),
                               batchSize=number("batchSize", int), ctWindow=number("ctWindow"), ctLevel=number("ctLevel"),
-                              weightsPath=p.GetParameter("weightsPath") or None,
+                              weightsPath=p.GetParameter("weightsPath") or None, registration=param("registration"),
+                              registrationTransformNode=p.GetNodeReference("registrationTransform"),
                               progressCallback=progressCallback, cancelCheck=cancelCheck)
         p.SetNodeReferenceID("outputVolume", output.GetID())
+        tx_id = output.GetAttribute(ATTRIBUTE_PREFIX + "registration_transform")
+        if tx_id:
+            p.SetNodeReferenceID("registrationTransform", tx_id)
         return output
 
     # ------------------------------------------------------------ task
@@ -120,11 +125,16 @@ class ECFusionSlicerLogic:
                 device: str = "auto", colorNodeID: str | None = None, window: float | None = None,
                 level: float | None = None, axis: str = "auto", batchSize: int | None = None,
                 ctWindow: float | None = None, ctLevel: float | None = None, weightsPath: str | None = None,
+                registration: str = "none", registrationTransformNode=None,
                 progressCallback: Callable[[int, int], None] | None = None,
                 cancelCheck: Callable[[], bool] | None = None):
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
 
         colorNodeID / window / level override the functional volume's display settings (scalar PET/SPECT).
+        registration: "none", "rigid" or "affine" (mutual information, ECFusionLib.registration). The result is
+        stored in ``registrationTransformNode`` (or a new linear transform node named after the inputs) for
+        inspection; the functional volume is fused through it but is not moved. With registration "none", a
+        given ``registrationTransformNode`` (e.g. one edited by hand) is applied as it is.
         Returns the output node (``outputNode`` if given, else a new node added to the scene).
         Raises ECFusionError (bad input) or ECFusionLib's errors (weights, cancel); the scene is then unchanged.
         """
@@ -136,13 +146,16 @@ class ECFusionSlicerLogic:
         task = task or self.detectTask(functionalNode)
         if task not in TASKS:
             raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
-        if mv.overlap_fraction(functionalNode, anatomicalNode) == 0.0:
+        if registration not in ("none", "rigid", "affine"):
+            raise ECFusionError(f"unknown registration '{registration}': use none, rigid or affine")
+        reg_ras = self._registration_matrix(anatomicalNode, functionalNode, registration, registrationTransformNode)
+        if mv.overlap_fraction(functionalNode, anatomicalNode, reg_ras) == 0.0:
             raise ECFusionError(f"'{functionalNode.GetName()}' and '{anatomicalNode.GetName()}' do not overlap in space: "
                                 "check their transforms, or register them first")
 
         anat_arr = mv.array_from_volume(anatomicalNode)
         is_rgb = functionalNode.GetImageData().GetNumberOfScalarComponents() == 3
-        moved = mv.resample_onto(functionalNode, anatomicalNode)
+        moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
         settings = FusionSettings(task=task, device=device, batch_size=batchSize, axis=axis,
                                   ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath)
         colour_info = {}
@@ -160,7 +173,40 @@ class ECFusionSlicerLogic:
             img.SetDirection(direction)
             images.append(img)
         result = fuse_images(images[0], images[1], settings, progress=progressCallback, cancel=cancelCheck)
-        return self._write_output(result, anatomicalNode, functionalNode, outputNode, task, colour_info)
+        if result.metadata["alignment"]["misaligned"] and reg_ras is None:
+            logging.warning("ECFusion: %s and %s look misaligned (head-mask Dice %.2f): consider 'Register before fusion'",
+                            anatomicalNode.GetName(), functionalNode.GetName(), result.metadata["alignment"]["dice"])
+        output = self._write_output(result, anatomicalNode, functionalNode, outputNode, task, colour_info)
+        if reg_ras is not None:
+            tx = self._store_registration(reg_ras, registration, registrationTransformNode, anatomicalNode, functionalNode)
+            output.SetAttribute(ATTRIBUTE_PREFIX + "registration", registration if registration != "none" else "given transform")
+            output.SetAttribute(ATTRIBUTE_PREFIX + "registration_transform", tx.GetID())
+        return output
+
+    def _registration_matrix(self, anatomicalNode, functionalNode, registration, transformNode):
+        """4x4 RAS matrix mapping anatomical world points to functional world points, or None."""
+        if registration == "none":
+            if transformNode is None:
+                return None
+            m = vtk.vtkMatrix4x4()
+            transformNode.GetMatrixTransformFromParent(m)
+            return mv.matrix_to_numpy(m)
+        from ECFusionLib.registration import affine_matrix_lps, register
+
+        try:
+            fixed, moving = mv.sitk_image_in_world(anatomicalNode), mv.sitk_image_in_world(functionalNode)
+        except ValueError as exc:
+            raise ECFusionError(str(exc)) from exc
+        return mv.lps_to_ras_matrix(affine_matrix_lps(register(fixed, moving, registration)))
+
+    def _store_registration(self, reg_ras, registration, transformNode, anatomicalNode, functionalNode):
+        """Put the registration into a linear transform node ('to parent' = functional -> anatomical world)."""
+        if transformNode is None:
+            name = self.scene.GenerateUniqueName(f"{functionalNode.GetName()} to {anatomicalNode.GetName()} (ECFusion)")
+            transformNode = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+        if registration != "none":
+            transformNode.SetMatrixTransformFromParent(mv.numpy_to_matrix(reg_ras))
+        return transformNode
 
     # ------------------------------------------------------------ pieces
     @staticmethod

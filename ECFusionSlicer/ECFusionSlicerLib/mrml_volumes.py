@@ -61,13 +61,15 @@ def image_data_from_array(arr: np.ndarray, vector: bool = False) -> vtk.vtkImage
     return img
 
 
-def resample_onto(moving, reference, background: float | None = None, image: vtk.vtkImageData | None = None) -> vtk.vtkImageData:
+def resample_onto(moving, reference, background: float | None = None, image: vtk.vtkImageData | None = None,
+                  registration: np.ndarray | None = None) -> vtk.vtkImageData:
     """The voxels of ``moving`` (or ``image``, on ``moving``'s grid) sampled at ``reference``'s voxel centres.
 
     Exact for any parent transforms of either node (linear or not): output IJK -> reference RAS ->
     world -> moving RAS -> moving IJK, all composed into one vtkGeneralTransform for vtkImageReslice
     (Slicer's ResampleVolumeToReferenceVolume ignores a transform on the reference). Linear interpolation;
-    points outside ``moving`` get ``background`` (default: its minimum).
+    points outside ``moving`` get ``background`` (default: its minimum). ``registration`` (4x4, RAS) maps
+    reference world points to moving world points (a registration result) and is applied in between.
     """
     t = vtk.vtkGeneralTransform()
     t.PostMultiply()
@@ -75,6 +77,8 @@ def resample_onto(moving, reference, background: float | None = None, image: vtk
     ref_to_world = vtk.vtkGeneralTransform()
     slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(reference.GetParentTransformNode(), None, ref_to_world)
     t.Concatenate(ref_to_world)
+    if registration is not None:
+        t.Concatenate(numpy_to_matrix(registration))
     world_to_moving = vtk.vtkGeneralTransform()
     slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, moving.GetParentTransformNode(), world_to_moving)
     t.Concatenate(world_to_moving)
@@ -101,13 +105,13 @@ def resample_onto(moving, reference, background: float | None = None, image: vtk
     return out
 
 
-def overlap_fraction(moving, reference) -> float:
+def overlap_fraction(moving, reference, registration: np.ndarray | None = None) -> float:
     """Fraction of reference voxels whose world position falls inside ``moving``."""
     ones = vtk.vtkImageData()
     ones.SetDimensions(moving.GetImageData().GetDimensions())
     ones.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     ones.GetPointData().GetScalars().Fill(1)
-    inside = resample_onto(moving, reference, 0.0, image=ones)
+    inside = resample_onto(moving, reference, 0.0, image=ones, registration=registration)
     return float(numpy_support.vtk_to_numpy(inside.GetPointData().GetScalars()).mean())
 
 
@@ -180,3 +184,26 @@ def new_scene():
     colors.SetMRMLScene(scene)  # adds the default colour nodes (logs harmless 'FindDefaultColorFiles' errors)
     scene._ecfusion_logics = [colors]  # keep the logic alive with the scene
     return scene
+
+
+def sitk_image_in_world(node):
+    """The node's voxels as a SimpleITK image placed in world space (linear parent transforms applied to the
+    geometry, no resampling). Raises ValueError for a non-linear parent transform."""
+    import SimpleITK as sitk
+
+    m = world_ijk_to_ras(node)
+    if m is None:
+        raise ValueError(f"'{node.GetName()}' is under a non-linear transform: harden it first to register")
+    arr = array_from_volume(node)
+    img = sitk.GetImageFromArray(arr, isVector=arr.ndim == 4)
+    origin, spacing, direction = sitk_geometry(m)
+    img.SetOrigin(origin)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    return img
+
+
+def lps_to_ras_matrix(m_lps: np.ndarray) -> np.ndarray:
+    """A 4x4 point mapping in LPS coordinates expressed in RAS (F M F with F = diag(-1, -1, 1, 1))."""
+    f = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return f @ m_lps @ f

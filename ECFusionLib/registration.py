@@ -1,0 +1,141 @@
+"""Registration of the functional (CT/PET/SPECT) volume onto the anatomical (MRI) one, and an alignment check.
+
+``register`` returns a SimpleITK transform in the ITK convention: it maps points of the anatomical
+(fixed) physical space to the functional (moving) space, so ``sitk.Resample(functional, anatomical,
+transform)`` puts the functional volume on the MRI. Written with ``sitk.WriteTransform`` (.tfm/.txt/.h5)
+it opens in Slicer and SimpleITK. Method: Mattes mutual information (50 bins; 20/30/50 % random samples per level),
+three resolution levels (shrink 4/2/1, smoothing 2/1/0 mm), regular-step gradient descent with
+physical-shift scales; rigid (Euler) first, then optionally affine starting from the rigid result.
+Initialisation: image geometry (centres) or centres of mass ("moments").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from .colour import luminance
+from .errors import ECFusionError
+
+MODES = ("none", "rigid", "affine")
+
+
+def as_scalar_float(img: sitk.Image) -> sitk.Image:
+    """Float32 scalar image; an RGB image becomes its luminance (Y)."""
+    if img.GetNumberOfComponentsPerPixel() == 3:
+        y = sitk.GetImageFromArray(luminance(sitk.GetArrayViewFromImage(img)).astype(np.float32))
+        y.CopyInformation(img)
+        return y
+    return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def _method(iterations: int, seed: int, progress: Callable[[str], None] | None, stage: str) -> sitk.ImageRegistrationMethod:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentagePerLevel([0.2, 0.3, 0.5], seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-5, numberOfIterations=iterations,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    if progress is not None:
+        reg.AddCommand(sitk.sitkMultiResolutionIterationEvent,
+                       lambda: progress(f"{stage}: level {reg.GetCurrentLevel() + 1}/3"))
+    return reg
+
+
+def register(anatomical: sitk.Image, functional: sitk.Image, mode: str = "rigid", init: str = "geometry",
+             iterations: int = 200, seed: int = 1, progress: Callable[[str], None] | None = None) -> sitk.Transform:
+    """Transform mapping anatomical physical points (mm, LPS) to functional ones; see the module docstring."""
+    if mode not in ("rigid", "affine"):
+        raise ECFusionError(f"unknown registration mode '{mode}': use rigid or affine")
+    if init not in ("geometry", "moments"):
+        raise ECFusionError(f"unknown initialisation '{init}': use geometry or moments")
+    fixed, moving = as_scalar_float(anatomical), as_scalar_float(functional)
+    dim = fixed.GetDimension()
+    rigid = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+    start = sitk.CenteredTransformInitializer(
+        fixed, moving, rigid,
+        sitk.CenteredTransformInitializerFilter.GEOMETRY if init == "geometry" else sitk.CenteredTransformInitializerFilter.MOMENTS)
+    reg = _method(iterations, seed, progress, "rigid")
+    reg.SetInitialTransform(start, inPlace=False)
+    try:
+        result = reg.Execute(fixed, moving)
+    except RuntimeError as exc:
+        raise ECFusionError(f"registration failed ({str(exc).strip().splitlines()[-1]}); check that the volumes overlap "
+                            "and try --init moments") from exc
+    rigid_tx = _unwrap(result)
+    if mode == "rigid":
+        return rigid_tx
+    affine = sitk.AffineTransform(dim)
+    affine.SetMatrix(rigid_tx.GetMatrix())
+    affine.SetTranslation(rigid_tx.GetTranslation())
+    affine.SetCenter(rigid_tx.GetCenter())
+    reg = _method(iterations, seed, progress, "affine")
+    reg.SetInitialTransform(affine, inPlace=False)
+    return _unwrap(reg.Execute(fixed, moving))
+
+
+def _unwrap(tx: sitk.Transform) -> sitk.Transform:
+    """Registration returns a composite holding one transform: return that transform, typed."""
+    if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1:
+        tx = tx.GetNthTransform(0)
+    return tx.Downcast() if hasattr(tx, "Downcast") else tx
+
+
+def affine_matrix_lps(tx: sitk.Transform, dim: int = 3) -> np.ndarray:
+    """The (dim+1)x(dim+1) homogeneous matrix of a linear transform (fixed LPS -> moving LPS)."""
+    t = _unwrap(tx)
+    m = np.eye(dim + 1)
+    m[:dim, :dim] = np.array(t.GetMatrix()).reshape(dim, dim)
+    center = np.array(t.GetCenter())
+    m[:dim, dim] = np.array(t.GetTranslation()) + center - m[:dim, :dim] @ center
+    return m
+
+
+@dataclass
+class AlignmentReport:
+    nmi: float  # normalised mutual information (H(A)+H(B))/H(A,B), 1 = independent, 2 = identical
+    dice: float  # overlap of the two head masks (Otsu threshold of each)
+    misaligned: bool
+
+    def message(self) -> str:
+        return (f"the inputs look misaligned (head-mask overlap Dice {self.dice:.2f}, normalised MI {self.nmi:.3f}): "
+                "fusing them gives ghosted edges; register them first (--register rigid)")
+
+
+def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_dice: float = 0.85) -> AlignmentReport:
+    """Compare the MRI with the functional volume already resampled onto its grid: head-mask Dice and NMI."""
+    a = sitk.GetArrayFromImage(as_scalar_float(anatomical))
+    b = sitk.GetArrayFromImage(as_scalar_float(functional_on_grid))
+    ma, mb = _head_mask(a), _head_mask(b)
+    dice = float(2 * np.sum(ma & mb) / max(1, ma.sum() + mb.sum()))
+    both = ma | mb
+    nmi = _nmi(a[both], b[both]) if both.any() else 1.0
+    return AlignmentReport(nmi=nmi, dice=dice, misaligned=dice < min_dice)
+
+
+def _head_mask(arr: np.ndarray) -> np.ndarray:
+    """Voxels above 5 % of the 99th percentile (of the non-background), holes filled: the head, in any modality."""
+    from scipy import ndimage
+
+    lo = float(arr.min())
+    top = np.percentile(arr[arr > lo], 99) if np.any(arr > lo) else lo + 1
+    return ndimage.binary_fill_holes(arr > lo + 0.05 * (top - lo))
+
+
+def _nmi(x: np.ndarray, y: np.ndarray, bins: int = 64) -> float:
+    h, _, _ = np.histogram2d(x.ravel(), y.ravel(), bins=bins)
+    p = h / h.sum()
+    px, py = p.sum(1), p.sum(0)
+
+    def ent(q):
+        q = q[q > 0]
+        return -np.sum(q * np.log(q))
+
+    return float((ent(px) + ent(py)) / ent(p.ravel()))
