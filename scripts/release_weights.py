@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Copy a training run's best weights into ECFusionLib/weights and list them in catalogue.json with SHA-256.
+
+    python scripts/release_weights.py --task PET-MRI --run /path/to/run [--description "..."]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ECFusionLib.tasks import check_task  # noqa: E402
+from ECFusionLib.weights import CATALOGUE, WEIGHTS_DIR, load_state_dict, sha256, weights_meta  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--task", required=True)
+    p.add_argument("--run", required=True, help="training run folder (its best.pt is released)")
+    p.add_argument("--description", default="")
+    args = p.parse_args(argv)
+    task = check_task(args.task)
+    best = Path(args.run) / "best.pt"
+    load_state_dict(best)  # refuse anything that is not valid ECFusion weights
+    target = WEIGHTS_DIR / f"ecfusion_{task.lower()}.pt"
+    shutil.copyfile(best, target)
+    cat = json.loads(CATALOGUE.read_text()) if CATALOGUE.is_file() else {}
+    meta = weights_meta(target)
+    cat[task] = {"file": target.name, "sha256": sha256(target), "architecture": "ecfusion-v1",
+                 "epoch": meta.get("epoch"), "description": args.description}
+    CATALOGUE.write_text(json.dumps(dict(sorted(cat.items())), indent=2) + "\n")
+    print(f"{task}: {target.name} sha256 {cat[task]['sha256']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
