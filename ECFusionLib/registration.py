@@ -109,8 +109,10 @@ class AlignmentReport:
                 "fusing them gives ghosted edges; register them first (--register rigid)")
 
 
-def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_dice: float = 0.85) -> AlignmentReport:
-    """Compare the MRI with the functional volume already resampled onto its grid: head-mask Dice and NMI."""
+def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_dice: float = 0.9) -> AlignmentReport:
+    """Compare the MRI with the functional volume already resampled onto its grid: head-mask Dice and NMI.
+
+    Misaligned = head-mask Dice below ``min_dice`` (phantom: 0.97 aligned, 0.88 after 10 degrees and 12 mm)."""
     a = sitk.GetArrayFromImage(as_scalar_float(anatomical))
     b = sitk.GetArrayFromImage(as_scalar_float(functional_on_grid))
     ma, mb = _head_mask(a), _head_mask(b)
@@ -121,12 +123,12 @@ def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_
 
 
 def _head_mask(arr: np.ndarray) -> np.ndarray:
-    """Voxels above 5 % of the 99th percentile (of the non-background), holes filled: the head, in any modality."""
-    from scipy import ndimage
-
+    """Voxels above 5 % of the 99th percentile (of the non-background), holes filled: the head, in any modality.
+    (SimpleITK, not scipy: this runs inside Slicer, whose Python has SimpleITK.)"""
     lo = float(arr.min())
     top = np.percentile(arr[arr > lo], 99) if np.any(arr > lo) else lo + 1
-    return ndimage.binary_fill_holes(arr > lo + 0.05 * (top - lo))
+    mask = sitk.GetImageFromArray((arr > lo + 0.05 * (top - lo)).astype(np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1)) > 0
 
 
 def _nmi(x: np.ndarray, y: np.ndarray, bins: int = 64) -> float:

@@ -79,6 +79,7 @@ def test_register_and_fuse_commands(tmp_path, pair, weights_file, capsys):
     assert main(["register", "--anatomical", str(mri_path), "--functional", str(pet_path), "--output", str(tfm)]) == 0
     angle, shift = errors(sitk.ReadTransform(str(tfm)), motion.GetInverse())
     assert angle < 1.0 and shift < 1.0
+    assert "Dice" in capsys.readouterr().out
     out = tmp_path / "fused.nrrd"
     code = main(["fuse", "--anatomical", str(mri_path), "--functional", str(pet_path), "--task", "PET-MRI",
                  "--output", str(out), "--weights", weights_file, "--device", "cpu", "--quiet"])

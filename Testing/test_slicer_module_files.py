@@ -109,3 +109,12 @@ def test_batch_script_bad_input_exit_code(tmp_path, phantom_files):
                           "--functional", phantom_files["PET"], "--output", str(tmp_path / "o.nrrd")],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_fusion_path_needs_only_what_slicer_ships_plus_torch():
+    """Inside Slicer only torch is installed on demand: the fusion path must not import scipy or scikit-image."""
+    code = ("import sys; import ECFusionLib.fusion, ECFusionLib.registration; "
+            "print([m for m in ('scipy', 'skimage') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
