@@ -118,3 +118,17 @@ def test_fusion_path_needs_only_what_slicer_ships_plus_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_logic_parameter_defaults_agree_with_the_widget_wrapper():
+    """The logic creates the parameter node; the widget's parameterNodeWrapper must be able to read it."""
+    from ECFusionSlicerLib.logic import PARAMETERS
+
+    tree = ast.parse((MODULE / "ECFusionSlicer.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ECFusionSlicerParameterNode")
+    for node in cls.body:
+        if not isinstance(node, ast.AnnAssign) or node.target.id not in PARAMETERS:
+            continue
+        default = ast.literal_eval(node.value)
+        kind = type(default)
+        assert kind(PARAMETERS[node.target.id]) == default, node.target.id

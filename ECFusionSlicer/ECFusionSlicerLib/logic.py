@@ -37,7 +37,7 @@ NAME_PATTERNS = [  # (regular expression on the node name, task), first match wi
     (r"(^|[^a-z])(ct|cta|hu)([^a-z]|$)", "CT-MRI"),
 ]
 # The parameters a parameter node holds (the widget's parameterNodeWrapper uses the same names).
-PARAMETERS = {"task": "auto", "device": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "", "ctLevel": "",
+PARAMETERS = {"task": "auto", "device": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "150.0", "ctLevel": "40.0",
               "weightsPath": "", "registration": "none"}
 
 
