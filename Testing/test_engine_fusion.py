@@ -155,3 +155,13 @@ def test_fast_path_matches_reference_on_a_head(seeded_model):
     assert diff[head].mean() < 3.0
     empty = ~head.reshape(head.shape[0], -1).any(axis=1)
     assert np.array_equal(fast[empty], np.maximum(ct, mri)[empty])  # air slices: the inputs' maximum
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_path_matches_cpu_reference(seeded_model):
+    a, b = _vols((12, 96, 80), seed=5)
+    ref, _ = fuse_volume(seeded_model, a, b, device="cpu", fast=False)
+    gpu, info = fuse_volume(seeded_model, a, b, device="cuda")
+    assert info.device.startswith("cuda") and info.precision == "bf16" and info.batch_size > 1
+    assert np.abs(gpu.astype(int) - ref.astype(int)).mean() < 3.0
+    seeded_model.cpu()
