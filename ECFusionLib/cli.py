@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
     f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
+    f.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: about 2x faster on GPUs and bf16 CPUs, but less accurate (default fp32)")
     f.add_argument("--batch-size", type=int, help="slices per batch (default: 1 on CPU, fitted to free memory on CUDA)")
     f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: axial)")
     f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "
@@ -163,8 +165,8 @@ def cmd_fuse(args) -> int:
         result = fuse_images(anatomical, second, settings, model=model, weights_info=info, progress=progress,
                              transform=transform)
     if result.metadata["alignment"]["misaligned"] and transform is None:
-        print(f"ecfusion: warning: the inputs look misaligned (head-mask Dice {result.metadata['alignment']['dice']:.2f}); "
-              "consider --register rigid", file=sys.stderr)
+        print(f"ecfusion: warning: the inputs look misaligned ({100 * (1 - result.metadata['alignment']['containment']):.0f} % "
+              "of the functional head outside the MRI's); consider --register rigid", file=sys.stderr)
     write_image_atomic(result.image, args.output)
     _write_sidecar(args.output, result.metadata)
     if not args.quiet:
@@ -217,7 +219,8 @@ def cmd_register(args) -> int:
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     sitk.WriteTransform(tx, str(tmp))
     os.replace(tmp, out)
-    print(f"wrote {out} ({args.mode}, {time.time() - t0:.1f} s); head-mask Dice {before.dice:.3f} -> {after.dice:.3f}, "
+    print(f"wrote {out} ({args.mode}, {time.time() - t0:.1f} s); head containment {before.containment:.3f} -> "
+          f"{after.containment:.3f}, mask Dice {before.dice:.3f} -> {after.dice:.3f}, "
           f"normalised MI {before.nmi:.3f} -> {after.nmi:.3f}")
     return 0
 
@@ -225,7 +228,7 @@ def cmd_register(args) -> int:
 def _settings(args, task: str):
     from .fusion import FusionSettings
 
-    return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis,
+    return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis, precision=args.precision,
                           colormap=args.colormap, window=args.window, level=args.level,
                           ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
 
@@ -271,7 +274,9 @@ def fuse_png_folder(args) -> int:
             mri = sitk.VectorIndexSelectionCast(mri, 0)
         second = read_image(pair.second, allow_rgb=True, what=f"{pair.task} image")
         second.CopyInformation(mri) if second.GetSize() == mri.GetSize() else None
-        result = fuse_images(mri, second, _settings(args, pair.task), model=model, weights_info=info)
+        settings = _settings(args, pair.task)
+        settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
+        result = fuse_images(mri, second, settings, model=model, weights_info=info)
         write_image_atomic(result.image, check_writable(out_root / pair.task / f"{pair.name}.png"))
     if not args.quiet:
         print(f"fused {len(pairs)} pairs into {out_root}")

@@ -42,6 +42,8 @@ class FusionSettings:
     ct_window: float | None = None
     ct_level: float | None = None
     weights: str | None = None  # None: the bundled weights of the task
+    precision: str = "fp32"  # or "bf16": faster, less accurate (see engine.py)
+    as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
 
 
 @dataclass
@@ -82,10 +84,16 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     alignment = alignment_check(anatomical, moved)
     if alignment.misaligned:
         log.warning(alignment.message())
-    mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
     sec = sitk.GetArrayFromImage(moved)
     rgb = None
-    if task in FUNCTIONAL_TASKS:
+    if settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
+        mri_u8, mri_map = np.asarray(sitk.GetArrayViewFromImage(anatomical), np.uint8), {"modality": "MRI", "method": "as-is (8-bit)"}
+        if moved.GetNumberOfComponentsPerPixel() == 3:
+            rgb, sec_u8, sec_map = map_rgb(sec, modality)
+            rgb = rgb if task in FUNCTIONAL_TASKS else None
+        else:
+            sec_u8, sec_map = np.asarray(sec, np.uint8), {"modality": modality, "method": "as-is (8-bit)"}
+    elif task in FUNCTIONAL_TASKS:
         if moved.GetNumberOfComponentsPerPixel() == 3:
             rgb, sec_u8, sec_map = map_rgb(sec, modality)
         else:
@@ -95,10 +103,13 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         _, sec_u8, sec_map = map_rgb(sec, modality)
     else:
         sec_u8, sec_map = map_ct(sec, settings.ct_window, settings.ct_level)
+    if not settings.as_is:
+        mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
     del sec
 
     fused_y, info = fuse_volume(model, sec_u8, mri_u8, axis=axis, device=settings.device,
-                                batch_size=settings.batch_size, progress=progress, cancel=cancel)
+                                batch_size=settings.batch_size, progress=progress, cancel=cancel,
+                                precision=settings.precision)
     if rgb is not None:
         out = sitk.GetImageFromArray(recolour(fused_y, rgb), isVector=True)
     else:
@@ -111,7 +122,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "anatomical_intensity": mri_map, "second_intensity": sec_map,
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
         "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
-        "alignment": {"dice": round(alignment.dice, 4), "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
+        "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
+                      "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
         "registration": "given transform" if transform is not None else "none",
     }
     for key, value in metadata.items():

@@ -101,25 +101,31 @@ def affine_matrix_lps(tx: sitk.Transform, dim: int = 3) -> np.ndarray:
 @dataclass
 class AlignmentReport:
     nmi: float  # normalised mutual information (H(A)+H(B))/H(A,B), 1 = independent, 2 = identical
-    dice: float  # overlap of the two head masks (Otsu threshold of each)
+    dice: float  # overlap of the two head masks
+    containment: float  # fraction of the functional head mask inside the MRI head mask
     misaligned: bool
 
     def message(self) -> str:
-        return (f"the inputs look misaligned (head-mask overlap Dice {self.dice:.2f}, normalised MI {self.nmi:.3f}): "
+        return (f"the inputs look misaligned ({100 * (1 - self.containment):.0f} % of the functional volume's head lies "
+                f"outside the MRI's; mask Dice {self.dice:.2f}, normalised MI {self.nmi:.3f}): "
                 "fusing them gives ghosted edges; register them first (--register rigid)")
 
 
-def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_dice: float = 0.9) -> AlignmentReport:
-    """Compare the MRI with the functional volume already resampled onto its grid: head-mask Dice and NMI.
+def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_containment: float = 0.95) -> AlignmentReport:
+    """Compare the MRI with the functional volume already resampled onto its grid.
 
-    Misaligned = head-mask Dice below ``min_dice`` (phantom: 0.97 aligned, 0.88 after 10 degrees and 12 mm)."""
+    Misaligned = less than ``min_containment`` of the functional volume's head mask lies inside the MRI's head
+    mask. Containment, not Dice: PET/SPECT often show only the brain (no scalp), so aligned masks differ in size
+    but the functional one sits inside the anatomical one. Dice and normalised MI are reported too."""
     a = sitk.GetArrayFromImage(as_scalar_float(anatomical))
     b = sitk.GetArrayFromImage(as_scalar_float(functional_on_grid))
     ma, mb = _head_mask(a), _head_mask(b)
-    dice = float(2 * np.sum(ma & mb) / max(1, ma.sum() + mb.sum()))
+    inter = float(np.sum(ma & mb))
+    dice = 2 * inter / max(1.0, float(ma.sum() + mb.sum()))
+    containment = inter / max(1.0, float(mb.sum()))
     both = ma | mb
     nmi = _nmi(a[both], b[both]) if both.any() else 1.0
-    return AlignmentReport(nmi=nmi, dice=dice, misaligned=dice < min_dice)
+    return AlignmentReport(nmi=nmi, dice=dice, containment=containment, misaligned=containment < min_containment)
 
 
 def _head_mask(arr: np.ndarray) -> np.ndarray:

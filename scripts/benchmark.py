@@ -7,7 +7,8 @@
     python scripts/benchmark.py --quick --load # with the other core kept busy (a Slicer session, a training run)
 
 Naive = what research test scripts do: one slice at a time, fp32, eager, full slices, torch.no_grad.
-Engine = ECFusionLib.engine.fuse_volume (bf16 where native, channels_last, air skipping, batching on GPU).
+Engine = ECFusionLib.engine.fuse_volume as shipped (fp32, channels_last, air skipping, batching on GPU);
+"engine bf16" = the opt-in --precision bf16 path (faster, less accurate).
 Weights are seeded random ones (speed does not depend on the values). Numbers are medians of repeats.
 """
 from __future__ import annotations
@@ -150,8 +151,11 @@ def main(argv=None):
         t_naive, _ = timed(lambda: naive_fuse(model, a, b, dev), dev)
         fuse_volume(model, a[:1], b[:1], device=str(dev))
         t_eng, (_, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
+        fuse_volume(model, a[:1], b[:1], device=str(dev), precision="bf16")
+        t_bf, (_, info_bf) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="bf16"), dev)
         print(f"{size}x{size} (no air): naive {1000 * t_naive / n:.0f} ms/slice, engine {1000 * t_eng / n:.0f} ms/slice "
-              f"({info.precision}, batch {info.batch_size}), speed-up {t_naive / t_eng:.2f}x")
+              f"({info.precision}, batch {info.batch_size}), engine bf16 {1000 * t_bf / n:.0f} ms/slice ({info_bf.precision}); "
+              f"speed-up {t_naive / t_eng:.2f}x, bf16 {t_naive / t_bf:.2f}x")
 
     # the realistic head: the demo phantom pair, axial slices
     a, b = head_pair()
@@ -167,6 +171,8 @@ def main(argv=None):
         torch.cuda.reset_peak_memory_stats()
     t_eng, (fused, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
     rss_eng = peak_rss_mb() - base
+    t_bf, (fused_bf, _) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="bf16"), dev)
+    diff_bf = np.abs(fused_bf.astype(int) - ref.astype(int))
     diff = np.abs(fused.astype(int) - ref.astype(int))
     head = (a > 4) | (b > 4)
     print(f"head phantom {a.shape[2]}x{a.shape[1]}, {a.shape[0]} slices, background fraction {air:.2f}: naive {t_naive:.1f} s "
@@ -174,6 +180,7 @@ def main(argv=None):
           f"{info.computed_slices} slices computed, {100 * info.computed_fraction:.0f} % of the area)")
     print(f"engine vs naive output: mean |diff| in the head {diff[head].mean():.2f} grey levels, "
           f"99th percentile {np.percentile(diff[head], 99):.0f}, max {diff.max()} (random weights)")
+    print(f"engine bf16: {t_bf:.1f} s (speed-up {t_naive / t_bf:.2f}x), mean |diff| in the head {diff_bf[head].mean():.2f}")
     print(f"peak RSS above start: naive {rss_naive:.0f} MB, engine {rss_eng:.0f} MB"
           + (f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if dev.type == "cuda" else ""))
     speedup = t_naive / t_eng

@@ -174,8 +174,8 @@ class ECFusionSlicerLogic:
             images.append(img)
         result = fuse_images(images[0], images[1], settings, progress=progressCallback, cancel=cancelCheck)
         if result.metadata["alignment"]["misaligned"] and reg_ras is None:
-            logging.warning("ECFusion: %s and %s look misaligned (head-mask Dice %.2f): consider 'Register before fusion'",
-                            anatomicalNode.GetName(), functionalNode.GetName(), result.metadata["alignment"]["dice"])
+            logging.warning("ECFusion: %s and %s look misaligned (head containment %.2f): consider 'Register before fusion'",
+                            anatomicalNode.GetName(), functionalNode.GetName(), result.metadata["alignment"]["containment"])
         output = self._write_output(result, anatomicalNode, functionalNode, outputNode, task, colour_info)
         if reg_ras is not None:
             tx = self._store_registration(reg_ras, registration, registrationTransformNode, anatomicalNode, functionalNode)
