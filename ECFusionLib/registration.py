@@ -111,12 +111,13 @@ class AlignmentReport:
                 "fusing them gives ghosted edges; register them first (--register rigid)")
 
 
-def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_containment: float = 0.95) -> AlignmentReport:
+def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_containment: float = 0.9) -> AlignmentReport:
     """Compare the MRI with the functional volume already resampled onto its grid.
 
     Misaligned = less than ``min_containment`` of the functional volume's head mask lies inside the MRI's head
     mask. Containment, not Dice: PET/SPECT often show only the brain (no scalp), so aligned masks differ in size
-    but the functional one sits inside the anatomical one. Dice and normalised MI are reported too."""
+    but the functional one sits inside the anatomical one. Phantom: 0.94-0.97 aligned, 0.86 after 10 degrees and
+    12 mm, 0.79 after the test's 15 mm / 12 degree motion. Dice and normalised MI are reported too."""
     a = sitk.GetArrayFromImage(as_scalar_float(anatomical))
     b = sitk.GetArrayFromImage(as_scalar_float(functional_on_grid))
     ma, mb = _head_mask(a), _head_mask(b)
