@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
+    t.add_argument("--split-seed", type=int, default=0, help="which cases are held out for validation (default 0)")
     t.add_argument("--threads", type=int)
     t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much training time")
     return p
@@ -117,7 +118,7 @@ def cmd_train(args) -> int:
                       lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
                       intensity_weight=args.intensity_weight, perceptual_weight=args.perceptual_weight,
                       vgg_weights=args.vgg_weights, upsample=args.upsample, val_cases=args.val_cases,
-                      init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, threads=args.threads,
+                      init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
                       max_minutes=args.max_minutes)
     best = train(cfg)
     print(f"best weights: {best}")

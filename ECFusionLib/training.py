@@ -57,7 +57,8 @@ class TrainConfig:
     init_weights: str | None = None
     device: str = "auto"
     bf16: bool = False  # bf16 autocast: faster on CPU, but training diverged with it (see MODEL_CARD.md)
-    seed: int = 0
+    seed: int = 0  # patch order, occluding squares, initial weights
+    split_seed: int = 0  # which cases are held out (kept apart from ``seed`` so reruns validate on the same cases)
     threads: int | None = None
     max_minutes: float | None = None
     select_metrics: list[str] = field(default_factory=lambda: ["MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv"])
@@ -244,7 +245,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX"))
 
     pairs = find_pairs(cfg.data, [cfg.task])
-    train_pairs, val_pairs = split_cases(pairs, cfg.val_fraction, cfg.seed, cfg.val_cases)
+    train_pairs, val_pairs = split_cases(pairs, cfg.val_fraction, cfg.split_seed, cfg.val_cases)
     if not train_pairs or not val_pairs:
         raise ECFusionError(f"need at least two cases to split training and validation, found {len({p.case for p in pairs})}")
     log(f"{cfg.task}: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs "
