@@ -148,7 +148,7 @@ def cmd_fuse(args) -> int:
         raise ECFusionError("volume mode needs --anatomical, --functional and --task (or use --input-dir for 2D pairs)")
     import time
 
-    from .fusion import FusionSettings, fuse_images
+    from .fusion import fuse_images
     from .tasks import check_task
     from .volume_io import check_writable, read_image, write_image_atomic
     from .weights import load_model

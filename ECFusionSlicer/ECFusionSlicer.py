@@ -7,10 +7,8 @@ at import or in constructors: PyTorch is checked for, and installed on request, 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated
 
-import qt
 import slicer
 import vtk
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import slicer
-import vtk
 
 from ECFusionSlicerLib import mrml_volumes as mv
 

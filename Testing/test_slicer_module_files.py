@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]

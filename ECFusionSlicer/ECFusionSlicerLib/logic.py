@@ -19,7 +19,6 @@ import logging
 import re
 from typing import Callable
 
-import numpy as np
 import slicer
 import vtk
 
