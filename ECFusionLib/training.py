@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics as M
-from .engine import resolve_device
+from .engine import cpu_has_bf16, fuse_volume, resolve_device
 from .errors import ECFusionError
 from .network import ECFusionNet, sobel_xy
 from .pairs import Pair, find_pairs, read_pair, split_cases
@@ -192,19 +192,6 @@ class FusionLoss(nn.Module):
 
 
 # ------------------------------------------------------------------ validation
-@torch.inference_mode()
-def predict(model: ECFusionNet, a: torch.Tensor, b: torch.Tensor, device, bf16: bool, batch: int = 8) -> np.ndarray:
-    """N x 1 x H x W in [-1,1] -> N x H x W fused on 0-255 (float, rounded)."""
-    out = []
-    for k in range(0, a.shape[0], batch):
-        xa, xb = a[k : k + batch].to(device), b[k : k + batch].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            f = model(xa, xb)
-        out.append(f.float().cpu())
-    f = torch.cat(out)[:, 0].numpy()
-    return np.rint(np.clip((f + 1) * 127.5, 0, 255))
-
-
 def evaluate_arrays(a255: np.ndarray, b255: np.ndarray, f255: np.ndarray, names=M.METRICS) -> dict[str, float]:
     """Mean of each metric over N image triples (N x H x W, 0-255), plus 'bg': the mean fused
     grey level where both sources are 0."""
@@ -242,7 +229,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX"))
+    bf16 = cfg.bf16 and (device.type == "cuda" or cpu_has_bf16())
 
     pairs = find_pairs(cfg.data, [cfg.task])
     train_pairs, val_pairs = split_cases(pairs, cfg.val_fraction, cfg.split_seed, cfg.val_cases)
@@ -252,7 +239,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         f"(cases {sorted({p.case for p in val_pairs}, key=lambda c: int(c) if c.isdigit() else c)})")
     ta, tb = load_images(train_pairs)
     va, vb = load_images(val_pairs)
-    va255, vb255 = np.rint((va[:, 0].numpy() + 1) * 127.5), np.rint((vb[:, 0].numpy() + 1) * 127.5)
+    va8, vb8 = (np.rint((x[:, 0].numpy() + 1) * 127.5).astype(np.uint8) for x in (va, vb))
+    va255, vb255 = va8.astype(np.float64), vb8.astype(np.float64)
     ref = evaluate_arrays(va255, vb255, np.maximum(va255, vb255), cfg.select_metrics)
     log("pixel-max on validation: " + ", ".join(f"{k}={v:.4f}" for k, v in ref.items()))
 
@@ -315,7 +303,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             state["epoch"] += 1
             model.eval()
-            val = evaluate_arrays(va255, vb255, predict(model, va, vb, device, bf16), cfg.select_metrics)
+            fused, _ = fuse_volume(model, va8, vb8, device=str(device), batch_size=8, fast=False,
+                                   precision="bf16" if bf16 else "fp32")  # full slices, as the paper scores them
+            val = evaluate_arrays(va255, vb255, fused.astype(np.float64), cfg.select_metrics)
             score = selection_score(val, ref, cfg.select_metrics)
             state["seconds"] = time.time() - t_start
             writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), sched.get_last_lr()[0],
