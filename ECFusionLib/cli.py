@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
     f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
-    f.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: about 2x faster on GPUs and bf16 CPUs, but less accurate (default fp32)")
+    f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 on GPUs and on CPUs with native bf16 (~1.7x faster, ~0.15 grey "
+                        "levels from fp32 on average), else fp32")
     f.add_argument("--batch-size", type=int, help="slices per batch (default: 1 on CPU, fitted to free memory on CUDA)")
     f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: axial)")
     f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "

@@ -48,10 +48,24 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def recolour(fused_y: np.ndarray, functional_rgb: np.ndarray) -> np.ndarray:
-    """Fused luminance (... , 0-255 float) + the functional image's CbCr -> ... x 3 uint8 RGB."""
+    """Fused luminance (..., 0-255 float) + the functional image's CbCr -> ... x 3 uint8 RGB.
+
+    Luminance-preserving: where the fused Y with the functional chroma would leave the RGB cube (a bright MRI
+    edge under a saturated PET colour), the chroma is scaled down toward grey, hue kept, until it fits, so the
+    output's Y is the fused Y (within rounding, <= 0.5 level). Plain clipping of R, G, B instead would change
+    both the luminance (the fused detail) and the hue.
+    """
     ycbcr = rgb_to_ycbcr(functional_rgb)
-    ycbcr[..., 0] = fused_y
-    return ycbcr_to_rgb(ycbcr)
+    y = np.clip(np.asarray(fused_y, dtype=np.float32), 0.0, 255.0)
+    cb, cr = ycbcr[..., 1] - 128.0, ycbcr[..., 2] - 128.0
+    dr = 2.0 * (1.0 - KR) * cr  # R - Y
+    db = 2.0 * (1.0 - KB) * cb  # B - Y
+    dg = -(KR * dr + KB * db) / KG  # G - Y
+    d = np.stack([dr, dg, db], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(d > 0, (255.0 - y[..., None]) / d, np.where(d < 0, y[..., None] / -d, np.inf))
+    scale = np.minimum(1.0, room.min(axis=-1))
+    return to_uint8(y[..., None] + scale[..., None] * d)
 
 
 # Control points (index 0-255, R, G, B in 0-1), linear in RGB: as Slicer's vtkMRMLPETProceduralColorNode

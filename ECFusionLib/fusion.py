@@ -42,7 +42,7 @@ class FusionSettings:
     ct_window: float | None = None
     ct_level: float | None = None
     weights: str | None = None  # None: the bundled weights of the task
-    precision: str = "fp32"  # or "bf16": faster, less accurate (see engine.py)
+    precision: str = "auto"  # bf16 where the hardware has it, else fp32; or force "fp32" / "bf16" (engine.py)
     as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
 
 

@@ -67,3 +67,17 @@ def test_user_table_file(tmp_path):
         colormap_table("NoSuchMap")
     with pytest.raises(ECFusionError):
         validate_table(np.full((256, 3), np.nan))
+
+
+def test_recolour_preserves_fused_luminance_out_of_gamut():
+    """A bright fused Y under a saturated colour: chroma is scaled down (hue kept), Y is kept exactly."""
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    y = rng.uniform(0, 255, size=(128, 128)).astype(np.float32)
+    out = recolour(y, rgb)
+    assert np.abs(rgb_to_ycbcr(out)[..., 0] - y).max() <= 0.75  # rounding of three channels only
+    red = np.zeros((1, 1, 3), np.uint8)
+    red[..., 0] = 200
+    out = recolour(np.full((1, 1), 230.0), red)[0, 0].astype(int)
+    assert out[0] == 255 and out[0] > out[1] == out[2]  # still red, desaturated toward white, Y = 230
+    assert abs(rgb_to_ycbcr(out)[0] - 230) <= 0.75

@@ -26,9 +26,13 @@ def test_engine_is_deterministic_and_reports_progress(seeded_model):
     assert f1.dtype == np.uint8 and f1.shape == a.shape
     assert np.array_equal(f1, f2)
     assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
-    assert info.device == "cpu" and info.precision == "fp32"
+    assert info.device == "cpu" and info.precision == ("bf16" if cpu_has_bf16() else "fp32")  # "auto"
     _, bf_info = fuse_volume(seeded_model, a[:1], b[:1], device="cpu", precision="bf16")
     assert bf_info.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    _, f32_info = fuse_volume(seeded_model, a[:1], b[:1], device="cpu", precision="fp32")
+    assert f32_info.precision == "fp32"
+    with pytest.raises(ECFusionError, match="precision"):
+        fuse_volume(seeded_model, a[:1], b[:1], device="cpu", precision="fp16")
 
 
 def test_engine_slices_along_any_axis(seeded_model):
@@ -148,9 +152,11 @@ def test_fast_path_matches_reference_on_a_head(seeded_model):
     mri, _ = map_mri(array(ph["MRI"])[::3])
     ct, _ = map_ct(array(resample_onto(ph["CT"], ph["MRI"]))[::3])
     ref, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=False)
-    fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True)
+    fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="fp32")
     fast_bf16, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="bf16")
-    assert np.abs(fast_bf16.astype(int) - ref.astype(int))[(mri > AIR_LEVEL) | (ct > AIR_LEVEL)].mean() < 3.0
+    bf16_diff = np.abs(fast_bf16.astype(int) - ref.astype(int))[(mri > AIR_LEVEL) | (ct > AIR_LEVEL)]
+    print(f"bf16 vs fp32 reference in the head: mean {bf16_diff.mean():.3f}, max {bf16_diff.max()} grey levels")
+    assert bf16_diff.mean() < 1.0
     diff = np.abs(fast.astype(int) - ref.astype(int))
     head = (mri > AIR_LEVEL) | (ct > AIR_LEVEL)
     assert info.computed_slices < ct.shape[0] and info.computed_fraction < 0.9  # air was skipped
