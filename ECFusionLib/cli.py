@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     t.add_argument("--grad-weight", type=float, default=1.0)
     t.add_argument("--intensity-weight", type=float, default=0.0, help="weight of L1(F, max(A,B))")
+    t.add_argument("--ssim-weight", type=float, default=0.0, help="weight of 1 - mean(SSIM(F,A), SSIM(F,B))")
     t.add_argument("--perceptual-weight", type=float, default=0.0, help="lambda of the VGG19 perceptual loss (paper: 0.02)")
     t.add_argument("--vgg-weights", help="torchvision vgg19-dcbbabfd.pth (needed when --perceptual-weight > 0)")
     t.add_argument("--no-upsample", dest="upsample", action="store_false",
@@ -117,7 +118,8 @@ def cmd_train(args) -> int:
         init = str(bundled_weights(args.task)[0])
     cfg = TrainConfig(data=args.data, task=args.task, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
-                      intensity_weight=args.intensity_weight, perceptual_weight=args.perceptual_weight,
+                      intensity_weight=args.intensity_weight, ssim_weight=args.ssim_weight,
+                      perceptual_weight=args.perceptual_weight,
                       vgg_weights=args.vgg_weights, upsample=args.upsample, val_cases=args.val_cases,
                       init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
                       max_minutes=args.max_minutes)

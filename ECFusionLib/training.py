@@ -48,6 +48,7 @@ class TrainConfig:
     clip_grad: float | None = None  # max gradient norm (None: no clipping)
     grad_weight: float = 1.0
     intensity_weight: float = 0.0
+    ssim_weight: float = 0.0  # weight of 1 - mean(SSIM(F, A), SSIM(F, B))
     perceptual_weight: float = 0.0
     vgg_weights: str | None = None
     grad_norm: str = "l1"  # "l1": |gx|+|gy| (the prototype), "l2": sqrt(gx^2+gy^2)
@@ -161,6 +162,21 @@ class VGG19Features(nn.Module):
         return out
 
 
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM map of two B x 1 x H x W images in [-1, 1], as the SSIM metric: Gaussian 11x11 window, sigma 1.5,
+    K1 0.01, K2 0.03 on the [0, 1] range; 'valid' windows only -> B x 1 x (H-10) x (W-10)."""
+    g = torch.exp(-((torch.arange(11, dtype=x.dtype, device=x.device) - 5) ** 2) / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :])[None, None]
+    x, y = (x + 1) / 2, (y + 1) / 2
+    mx, my = F.conv2d(x, win), F.conv2d(y, win)
+    sxx = F.conv2d(x * x, win) - mx * mx
+    syy = F.conv2d(y * y, win) - my * my
+    sxy = F.conv2d(x * y, win) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
 class FusionLoss(nn.Module):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
@@ -182,6 +198,9 @@ class FusionLoss(nn.Module):
         if cfg.intensity_weight > 0:
             terms["int"] = F.l1_loss(f, torch.maximum(a, b))
             total = total + cfg.intensity_weight * terms["int"]
+        if cfg.ssim_weight > 0:
+            terms["ssim"] = 1.0 - 0.5 * (ssim_map(f, a).mean() + ssim_map(f, b).mean())
+            total = total + cfg.ssim_weight * terms["ssim"]
         if self.vgg is not None:
             pf, pa, pb = self.vgg(f), self.vgg(a), self.vgg(b)
             perc = sum(w * (F.mse_loss(xf, xa) + F.mse_loss(xf, xb)) for (w, xf), (_, xa), (_, xb) in zip(pf, pa, pb))
