@@ -8,9 +8,10 @@
     python scripts/benchmark.py --registration # rigid MI registration of a 256x256x180 pair: seconds and error
 
 Naive = what research test scripts do: one slice at a time, fp32, eager, full slices, torch.no_grad.
-Engine = ECFusionLib.engine.fuse_volume as shipped (fp32, channels_last, air skipping, batching on GPU);
-"engine bf16" = the opt-in --precision bf16 path (faster, less accurate).
-Weights are seeded random ones (speed does not depend on the values). Numbers are medians of repeats.
+Engine = ECFusionLib.engine.fuse_volume as shipped: precision "auto" (bf16 on GPUs and CPUs with native bf16),
+the fused-kernel CPU path (fast_cpu.py) or autocast + batching on GPU, air skipping;
+"engine fp32" = the same with --precision fp32.
+Weights: the bundled PET-MRI weights (speed does not depend on them; the output differences do).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ECFusionLib.engine import cpu_has_bf16, fuse_volume, resolve_device  # noqa: E402
-from ECFusionLib.network import ECFusionNet, count_parameters  # noqa: E402
+from ECFusionLib.network import count_parameters  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -156,8 +157,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = ECFusionNet().eval()
+    from ECFusionLib.weights import load_model
+
+    model, _ = load_model("PET-MRI")
     stop = mp.Event()
     loader = None
     if args.load:
@@ -180,11 +182,11 @@ def main(argv=None):
         t_naive, _ = timed(lambda: naive_fuse(model, a, b, dev), dev)
         fuse_volume(model, a[:1], b[:1], device=str(dev))
         t_eng, (_, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
-        fuse_volume(model, a[:1], b[:1], device=str(dev), precision="bf16")
-        t_bf, (_, info_bf) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="bf16"), dev)
+        fuse_volume(model, a[:1], b[:1], device=str(dev), precision="fp32")
+        t_32, _ = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="fp32"), dev)
         print(f"{size}x{size} (no air): naive {1000 * t_naive / n:.0f} ms/slice, engine {1000 * t_eng / n:.0f} ms/slice "
-              f"({info.precision}, batch {info.batch_size}), engine bf16 {1000 * t_bf / n:.0f} ms/slice ({info_bf.precision}); "
-              f"speed-up {t_naive / t_eng:.2f}x, bf16 {t_naive / t_bf:.2f}x")
+              f"({info.precision}, batch {info.batch_size}), engine fp32 {1000 * t_32 / n:.0f} ms/slice; "
+              f"speed-up {t_naive / t_eng:.2f}x, fp32 {t_naive / t_32:.2f}x")
 
     # the realistic head: the demo phantom pair, axial slices
     a, b = head_pair()
@@ -200,16 +202,17 @@ def main(argv=None):
         torch.cuda.reset_peak_memory_stats()
     t_eng, (fused, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
     rss_eng = peak_rss_mb() - base
-    t_bf, (fused_bf, _) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="bf16"), dev)
-    diff_bf = np.abs(fused_bf.astype(int) - ref.astype(int))
+    t_32, (fused_32, _) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="fp32"), dev)
+    diff_32 = np.abs(fused_32.astype(int) - ref.astype(int))
     diff = np.abs(fused.astype(int) - ref.astype(int))
     head = (a > 4) | (b > 4)
     print(f"head phantom {a.shape[2]}x{a.shape[1]}, {a.shape[0]} slices, background fraction {air:.2f}: naive {t_naive:.1f} s "
           f"({1000 * t_naive / a.shape[0]:.0f} ms/slice), engine {t_eng:.1f} s ({1000 * t_eng / a.shape[0]:.0f} ms/slice, "
-          f"{info.computed_slices} slices computed, {100 * info.computed_fraction:.0f} % of the area)")
+          f"{info.precision}, {info.computed_slices} slices computed, {100 * info.computed_fraction:.0f} % of the area)")
     print(f"engine vs naive output: mean |diff| in the head {diff[head].mean():.2f} grey levels, "
-          f"99th percentile {np.percentile(diff[head], 99):.0f}, max {diff.max()} (random weights)")
-    print(f"engine bf16: {t_bf:.1f} s (speed-up {t_naive / t_bf:.2f}x), mean |diff| in the head {diff_bf[head].mean():.2f}")
+          f"99th percentile {np.percentile(diff[head], 99):.0f}, max {diff.max()}")
+    print(f"engine fp32: {t_32:.1f} s (speed-up {t_naive / t_32:.2f}x), mean |diff| in the head {diff_32[head].mean():.2f}, "
+          f"max {diff_32.max()}")
     print(f"peak RSS above start: naive {rss_naive:.0f} MB, engine {rss_eng:.0f} MB"
           + (f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if dev.type == "cuda" else ""))
     speedup = t_naive / t_eng
