@@ -71,12 +71,16 @@ def bytes_per_slice(h: int, w: int, half: bool) -> int:
 
 
 def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
-    """CPU: 1 (measured fastest per slice on 2 cores: bigger batches fall out of cache).
-    CUDA: as many slices as fit in half of the free memory, at most 64."""
+    """CPU: slices of about ``CPU_BATCH_PIXELS`` pixels in all (measured on 2 cores, bf16 fused path, ms per
+    slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87, 512x512 379/455/683: small slices gain from
+    batching, large ones fall out of cache). CUDA: as many slices as fit in half of the free memory, at most 64."""
     if device.type != "cuda":
-        return 1
+        return int(max(1, min(16, CPU_BATCH_PIXELS // (h * w))))
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(64, (free // 2) // bytes_per_slice(h, w, half))))
+
+
+CPU_BATCH_PIXELS = 256 * 256 * 4
 
 
 @dataclass

@@ -106,6 +106,20 @@ def _fold_sum_channels(conv: nn.Conv2d) -> nn.Conv2d:
     return folded
 
 
+def _mlp_as_linear(mlp: nn.Sequential) -> nn.Sequential:
+    """FE's channel MLP (1x1 convs on a 1x1 map) as Linear layers on B x C vectors: same weights, without
+    the ~0.2 ms oneDNN set-up per call."""
+    layers = []
+    for m in mlp:
+        if isinstance(m, nn.Conv2d):
+            lin = nn.Linear(m.in_channels, m.out_channels)
+            lin.weight.data.copy_(m.weight.detach()[:, :, 0, 0])
+            lin.bias.data.copy_(m.bias.detach())
+            m = lin
+        layers.append(m)
+    return nn.Sequential(*layers).eval()
+
+
 class FastCPUNet:
     """Callable like the model: (a, b) B x 1 x H x W in [-1, 1] (fp32) -> fused B x 1 x H x W fp32.
 
@@ -119,7 +133,7 @@ class FastCPUNet:
         self.head = _Conv(eam.head[0], dtype, "leaky_relu")
         self.blocks = [
             (_Conv(b.body[0], dtype, "leaky_relu"), _Conv(b.body[2], dtype), _Conv(b.fe.edge_conv, dtype, "leaky_relu"),
-             b.fe.mlp)
+             _mlp_as_linear(b.fe.mlp))
             for b in eam.blocks
         ]
         self.taps = eam.TAPS
@@ -152,8 +166,8 @@ class FastCPUNet:
         for i, (conv1, conv2, edge_conv, mlp) in enumerate(self.blocks):
             f_edge = edge_conv(edge)
             pooled = torch.cat([F.adaptive_max_pool2d(f_edge, 1).flatten(1), _spatial_mean(f_edge)]).float()
-            m = mlp(pooled[:, :, None, None])  # 4B x 16 x 1 x 1, fp32 (tiny)
-            m_c = F.gelu(m[: len(f)] + m[len(f):])
+            m = mlp(pooled)  # 4B x 16, fp32 (tiny)
+            m_c = F.gelu(m[: len(f)] + m[len(f):])[:, :, None, None]
             gate = _add_per_channel_(f_edge, m_c.to(f_edge.dtype))  # F_edge + M_c
             f = conv2(conv1(f), mul=gate).add_(f)  # x + F_in * (F_edge + M_c)
             if i in self.taps:
