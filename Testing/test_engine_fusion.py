@@ -21,7 +21,7 @@ def _vols(shape=(6, 40, 52), seed=0):
 def test_engine_is_deterministic_and_reports_progress(seeded_model):
     a, b = _vols()
     seen = []
-    f1, info = fuse_volume(seeded_model, a, b, device="cpu", progress=lambda k, n: seen.append((k, n)))
+    f1, info = fuse_volume(seeded_model, a, b, device="cpu", batch_size=1, progress=lambda k, n: seen.append((k, n)))
     f2, _ = fuse_volume(seeded_model, a, b, device="cpu")
     assert f1.dtype == np.uint8 and f1.shape == a.shape
     assert np.array_equal(f1, f2)
