@@ -75,7 +75,7 @@ def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
     slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87, 512x512 379/455/683: small slices gain from
     batching, large ones fall out of cache). CUDA: as many slices as fit in half of the free memory, at most 64."""
     if device.type != "cuda":
-        return int(max(1, min(16, CPU_BATCH_PIXELS // (h * w))))
+        return int(max(1, min(8, CPU_BATCH_PIXELS // (h * w))))
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(64, (free // 2) // bytes_per_slice(h, w, half))))
 
@@ -156,9 +156,9 @@ def fuse_volume(model: ECFusionNet, a: np.ndarray, b: np.ndarray, *, axis: int =
             sa, sb = _slices(a, axis, done, stop), _slices(b, axis, done, stop)
             try:
                 if fast:
-                    fused, box_area = _run_cropped(net, sa, sb, dev)
+                    fused, n_run, box_area = _run_cropped(net, sa, sb, dev)
                 else:
-                    fused, box_area = _run_batch(net, sa, sb, dev), 1.0
+                    fused, n_run, box_area = _run_batch(net, sa, sb, dev), stop - done, 1.0
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if bs > 1:
@@ -170,9 +170,8 @@ def fuse_volume(model: ECFusionNet, a: np.ndarray, b: np.ndarray, *, axis: int =
                 net = _runner(model.to(dev), dev, half, fast)
                 continue
             out_view[done:stop] = fused
-            if box_area > 0:
-                computed += stop - done
-                area += box_area * (stop - done)
+            computed += n_run
+            area += box_area * n_run
             done = stop
             if progress:
                 progress(done, n)
@@ -224,14 +223,16 @@ TRIM = 512 * MIB
 
 
 def _run_cropped(net: Runner, a: np.ndarray, b: np.ndarray, dev: torch.device):
-    """Air skipping: run the network on the content box only. Returns (k x H x W uint8, box area fraction)."""
+    """Air skipping: run the network on the slices with content, cropped to their common content box.
+    Returns (k x H x W uint8, slices computed, box area as a fraction of the slice)."""
     out = np.maximum(a, b)
-    box = content_box(a, b)
-    if box is None:
-        return out, 0.0
-    y0, y1, x0, x1 = box
-    out[:, y0:y1, x0:x1] = _run_batch(net, a[:, y0:y1, x0:x1], b[:, y0:y1, x0:x1], dev)
-    return out, (y1 - y0) * (x1 - x0) / (a.shape[-2] * a.shape[-1])
+    keep = np.flatnonzero(((a > AIR_LEVEL) | (b > AIR_LEVEL)).reshape(len(a), -1).any(axis=1))
+    if len(keep) == 0:
+        return out, 0, 0.0
+    a, b = a[keep], b[keep]
+    y0, y1, x0, x1 = content_box(a, b)
+    out[keep, y0:y1, x0:x1] = _run_batch(net, a[:, y0:y1, x0:x1], b[:, y0:y1, x0:x1], dev)
+    return out, len(keep), (y1 - y0) * (x1 - x0) / (a.shape[-2] * a.shape[-1])
 
 
 def _to_device(x: np.ndarray, dev: torch.device) -> torch.Tensor:

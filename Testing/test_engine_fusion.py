@@ -62,7 +62,7 @@ def test_cancel_stops_between_batches(seeded_model):
         return len(calls) > 2
 
     with pytest.raises(CancelledError):
-        fuse_volume(seeded_model, a, b, device="cpu", cancel=cancel)
+        fuse_volume(seeded_model, a, b, device="cpu", batch_size=1, cancel=cancel)
     assert len(calls) == 3
 
 
@@ -152,7 +152,7 @@ def test_fast_path_matches_reference_on_a_head(seeded_model):
     mri, _ = map_mri(array(ph["MRI"])[::3])
     ct, _ = map_ct(array(resample_onto(ph["CT"], ph["MRI"]))[::3])
     ref, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=False)
-    fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="fp32")
+    fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="fp32", batch_size=4)
     fast_bf16, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="bf16")
     bf16_diff = np.abs(fast_bf16.astype(int) - ref.astype(int))[(mri > AIR_LEVEL) | (ct > AIR_LEVEL)]
     print(f"bf16 vs fp32 reference in the head: mean {bf16_diff.mean():.3f}, max {bf16_diff.max()} grey levels")
