@@ -53,7 +53,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 PRECISIONS = ("auto", "fp32", "bf16")
 AIR_LEVEL = 4  # grey levels (0-255) at or below which a voxel counts as air
-MARGIN = 8  # pixels of context kept around the content
+# Pixels of context kept around the content. The crop's border is zero-padded by every conv layer, where the full
+# slice would have air; measured on the phantom head (PET-MRI weights, fp32) against full slices, mean |diff| in
+# the head / area computed: margin 8: 0.89 levels / 61 %, 16: 0.64 / 72 %, 32: 0.10 / 84 %, 64: 0.004 / 92 %.
+MARGIN = 32
 
 
 def cpu_has_bf16() -> bool:

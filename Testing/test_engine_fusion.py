@@ -131,16 +131,16 @@ def test_two_dimensional_images_fuse(seeded_model):
 
 
 def test_content_box_grows_to_multiples_and_stays_inside():
-    a = np.zeros((2, 100, 120), np.uint8)
+    a = np.zeros((2, 200, 220), np.uint8)
     b = np.zeros_like(a)
     assert content_box(a, b) is None
     a[1, 40:45, 50:53] = 200
     y0, y1, x0, x1 = content_box(a, b)
     assert y0 <= 40 - MARGIN and y1 >= 45 + MARGIN and x0 <= 50 - MARGIN and x1 >= 53 + MARGIN
     assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
-    b[0, 95:, 110:] = 9
+    b[0, 195:, 210:] = 9
     y0, y1, x0, x1 = content_box(a, b)
-    assert y1 == 100 and x1 == 120 and 0 <= y0 and 0 <= x0
+    assert y1 == 200 and x1 == 220 and 0 <= y0 and 0 <= x0
 
 
 def test_fast_path_matches_reference_on_a_head(seeded_model):
@@ -151,6 +151,7 @@ def test_fast_path_matches_reference_on_a_head(seeded_model):
     ph = make_phantom(size=(90, 108, 90), seed=3, spacing=2.0)
     mri, _ = map_mri(array(ph["MRI"])[::3])
     ct, _ = map_ct(array(resample_onto(ph["CT"], ph["MRI"]))[::3])
+    mri, ct = (np.pad(x, ((0, 0), (40, 40), (40, 40))) for x in (mri, ct))  # a field of view larger than the head
     ref, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=False)
     fast, info = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="fp32", batch_size=4)
     fast_bf16, _ = fuse_volume(seeded_model, ct, mri, device="cpu", fast=True, precision="bf16")
