@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-cases", nargs="+", required=True)
     p.add_argument("--weights", help="default: the bundled weights of the task")
     p.add_argument("--csv", help="per-image metrics")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="passed to ecfusion fuse")
     args = p.parse_args(argv)
     task = check_task(args.task)
     pairs = [x for x in find_pairs(args.data, [task]) if x.case in set(args.val_cases)]
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
             os.symlink(x.mri.resolve(), src / task / "MRI" / x.mri.name)
         out = Path(tmp) / "fused"
         exe = [sys.executable, "-m", "ECFusionLib.cli"]
-        fuse = [*exe, "fuse", "--input-dir", str(src), "--output", str(out), "--quiet"]
+        fuse = [*exe, "fuse", "--input-dir", str(src), "--output", str(out), "--quiet", "--precision", args.precision]
         if args.weights:
             fuse += ["--weights", args.weights]
         subprocess.run(fuse, check=True)
