@@ -22,6 +22,7 @@ EPILOG_FUSE = """examples:
 EPILOG_TRAIN = """examples:
   ecfusion train --data ../shared/data/aanlib --task PET-MRI --out runs/pet
   ecfusion train --data my_pairs --task CT-MRI --out runs/ct --init-weights bundled --epochs 5 --lr 1e-4   (fine-tune)
+  the bundled weights' recipes (reduced CPU schedule) are in ECFusionLib/weights/MODEL_CARD.md
 Re-running the same command resumes from OUT/last.pt.
 """
 

@@ -113,3 +113,19 @@ def test_training_needs_two_cases(tmp_path):
     data = _tiny_dataset(tmp_path / "data", cases=("5",))
     with pytest.raises(ECFusionError, match="two cases"):
         train(TrainConfig(data=str(data), task="PET-MRI", out=str(tmp_path / "r"), epochs=1), log=lambda *_: None)
+
+
+def test_ssim_term_matches_the_metric_and_is_zero_for_identical_images():
+    from ECFusionLib.metrics import ssim
+    from ECFusionLib.training import ssim_map
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (48, 48)).astype(float)
+    b = np.clip(a + rng.normal(0, 25, a.shape), 0, 255)
+    t = lambda x: torch.tensor(x, dtype=torch.float32)[None, None] / 127.5 - 1  # noqa: E731
+    assert abs(ssim_map(t(a), t(b)).mean().item() - ssim(a, a, b)) < 1e-4  # ssim(a, b, f) averages SSIM(a,f), SSIM(b,f)
+    loss = FusionLoss(TrainConfig(data="", task="CT-MRI", out="", ssim_weight=1.0))
+    x = t(a)
+    terms = loss(x, x, x)
+    assert terms["ssim"].item() < 1e-5 and terms["total"].item() < 1e-4
+    assert loss(x, x, t(b))["ssim"].item() > 0.05
