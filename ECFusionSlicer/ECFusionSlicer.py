@@ -49,6 +49,7 @@ class ECFusionSlicerParameterNode:
     outputVolume: slicer.vtkMRMLScalarVolumeNode
     task: Annotated[str, Choice(["auto", "CT-MRI", "PET-MRI", "SPECT-MRI"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
     axis: Annotated[str, Choice(["auto", "axial", "coronal", "sagittal"])] = "auto"
     batchSize: int = 0
     ctWindow: float = 150.0

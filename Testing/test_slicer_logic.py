@@ -187,11 +187,13 @@ def test_parameter_node_variant_and_existing_output(scene, phantom, weights_file
     p.SetNodeReferenceID("anatomicalVolume", nodes["MRI"].GetID())
     p.SetNodeReferenceID("functionalVolume", nodes["PET"].GetID())
     p.SetParameter("device", "cpu")
+    p.SetParameter("precision", "fp32")
     p.SetParameter("weightsPath", weights_file)
     existing = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "my output")
     p.SetNodeReferenceID("outputVolume", existing.GetID())
     out = logic.processUsingParameterNode(p)
     assert out is existing and out.GetImageData().GetNumberOfScalarComponents() == 3
+    assert out.GetAttribute("ECFusion.precision") == "fp32"  # the parameter reached the engine
     assert p.GetNodeReference("outputVolume") is existing
 
 

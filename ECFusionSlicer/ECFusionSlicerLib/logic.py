@@ -36,8 +36,8 @@ NAME_PATTERNS = [  # (regular expression on the node name, task), first match wi
     (r"(^|[^a-z])(ct|cta|hu)([^a-z]|$)", "CT-MRI"),
 ]
 # The parameters a parameter node holds (the widget's parameterNodeWrapper uses the same names).
-PARAMETERS = {"task": "auto", "device": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "150.0", "ctLevel": "40.0",
-              "weightsPath": "", "registration": "none"}
+PARAMETERS = {"task": "auto", "device": "auto", "precision": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "150.0",
+              "ctLevel": "40.0", "weightsPath": "", "registration": "none"}
 
 
 class ECFusionSlicerLogic:
@@ -88,7 +88,8 @@ class ECFusionSlicerLogic:
             raise ECFusionError("select both an anatomical (MRI) and a functional (CT/PET/SPECT) volume")
         task = param("task")
         output = self.process(anatomical, functional, p.GetNodeReference("outputVolume"),
-                              task=None if task == "auto" else task, device=param("device"), axis=param("axis"),
+                              task=None if task == "auto" else task, device=param("device"),
+                              precision=param("precision"), axis=param("axis"),
                               batchSize=number("batchSize", int), ctWindow=number("ctWindow"), ctLevel=number("ctLevel"),
                               weightsPath=p.GetParameter("weightsPath") or None, registration=param("registration"),
                               registrationTransformNode=p.GetNodeReference("registrationTransform"),
@@ -121,7 +122,7 @@ class ECFusionSlicerLogic:
 
     # ------------------------------------------------------------ main entry point
     def process(self, anatomicalNode, functionalNode, outputNode=None, *, task: str | None = None,
-                device: str = "auto", colorNodeID: str | None = None, window: float | None = None,
+                device: str = "auto", precision: str = "auto", colorNodeID: str | None = None, window: float | None = None,
                 level: float | None = None, axis: str = "auto", batchSize: int | None = None,
                 ctWindow: float | None = None, ctLevel: float | None = None, weightsPath: str | None = None,
                 registration: str = "none", registrationTransformNode=None,
@@ -130,6 +131,7 @@ class ECFusionSlicerLogic:
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
 
         colorNodeID / window / level override the functional volume's display settings (scalar PET/SPECT).
+        precision: "auto" (bf16 where the hardware has it, else fp32), "fp32" or "bf16" (ECFusionLib.engine).
         registration: "none", "rigid" or "affine" (mutual information, ECFusionLib.registration). The result is
         stored in ``registrationTransformNode`` (or a new linear transform node named after the inputs) for
         inspection; the functional volume is fused through it but is not moved. With registration "none", a
@@ -155,7 +157,7 @@ class ECFusionSlicerLogic:
         anat_arr = mv.array_from_volume(anatomicalNode)
         is_rgb = functionalNode.GetImageData().GetNumberOfScalarComponents() == 3
         moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
-        settings = FusionSettings(task=task, device=device, batch_size=batchSize, axis=axis,
+        settings = FusionSettings(task=task, device=device, precision=precision, batch_size=batchSize, axis=axis,
                                   ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath)
         colour_info = {}
         if task != "CT-MRI" and not is_rgb:
