@@ -1,5 +1,4 @@
 """The CPU inference path (fused oneDNN kernels) against the reference forward pass."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
