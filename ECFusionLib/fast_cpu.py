@@ -24,7 +24,7 @@ from torch import nn
 
 from .network import PATCH, ECFusionNet, pad_to_multiple, sobel_magnitude
 
-_ONEDNN = torch.backends.mkldnn.is_available()
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 class _Conv:

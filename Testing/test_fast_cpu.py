@@ -23,6 +23,16 @@ def test_fp32_fast_path_equals_reference(seeded_model, shape):
     assert (fast - ref).abs().max().item() * 127.5 < 0.01  # grey levels
 
 
+def test_fast_path_without_onednn_kernels_equals_reference(seeded_model, monkeypatch):
+    import ECFusionLib.fast_cpu as fc
+
+    monkeypatch.setattr(fc, "_ONEDNN", False)  # builds without oneDNN: plain F.conv2d + activations
+    a, b = _pair(1, 48, 40, seed=4)
+    with torch.inference_mode():
+        ref = seeded_model(a, b)
+    assert (FastCPUNet(seeded_model, torch.float32)(a, b) - ref).abs().max().item() * 127.5 < 0.01
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 is only used on CPUs with native bf16")
 def test_bf16_fast_path_is_close_to_reference(seeded_model):
     a, b = _pair(2, 64, 96, seed=1)
