@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 on GPUs and on CPUs with native bf16 (~1.7x faster, ~0.15 grey "
                         "levels from fp32 on average), else fp32")
-    f.add_argument("--batch-size", type=int, help="slices per batch (default: 1 on CPU, fitted to free memory on CUDA)")
+    f.add_argument("--batch-size", type=int, help="slices per batch (default: about 256k pixels per batch on CPU, fitted to free memory on CUDA)")
     f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: axial)")
     f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "
                                       "(default: PET-Heat for PET, PET-Rainbow2 for SPECT)")

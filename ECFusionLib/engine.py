@@ -57,6 +57,9 @@ AIR_LEVEL = 4  # grey levels (0-255) at or below which a voxel counts as air
 # slice would have air; measured on the phantom head (PET-MRI weights, fp32) against full slices, mean |diff| in
 # the head / area computed: margin 8: 0.89 levels / 61 %, 16: 0.64 / 72 %, 32: 0.10 / 84 %, 64: 0.004 / 92 %.
 MARGIN = 32
+CPU_BATCH_PIXELS = 256 * 256 * 4  # slices per CPU batch: about this many pixels in all (auto_batch_size)
+MIB = 1024 * 1024
+TRIM = 512 * MIB  # freed heap memory the process may keep (tune_cpu_allocator)
 
 
 def cpu_has_bf16() -> bool:
@@ -83,9 +86,6 @@ def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
     return int(max(1, min(64, (free // 2) // bytes_per_slice(h, w, half))))
 
 
-CPU_BATCH_PIXELS = 256 * 256 * 4
-
-
 @dataclass
 class EngineInfo:
     device: str
@@ -99,7 +99,11 @@ class EngineInfo:
 def content_box(a: np.ndarray, b: np.ndarray, air: int = AIR_LEVEL, margin: int = MARGIN, multiple: int = 16):
     """(y0, y1, x0, x1) covering every voxel above ``air`` in a or b (k x H x W), plus ``margin``, with
     sides rounded up to ``multiple`` where the image allows; None if there is no content."""
-    mask = (a > air) | (b > air)
+    return _mask_box((a > air) | (b > air), margin, multiple)
+
+
+def _mask_box(mask: np.ndarray, margin: int = MARGIN, multiple: int = 16):
+    """``content_box`` of a boolean k x H x W content mask."""
     if not mask.any():
         return None
     h, w = mask.shape[-2:]
@@ -221,19 +225,16 @@ def tune_cpu_allocator() -> None:
         log.debug("mallopt not available; CPU allocator left as it is")
 
 
-MIB = 1024 * 1024
-TRIM = 512 * MIB
-
-
 def _run_cropped(net: Runner, a: np.ndarray, b: np.ndarray, dev: torch.device):
     """Air skipping: run the network on the slices with content, cropped to their common content box.
     Returns (k x H x W uint8, slices computed, box area as a fraction of the slice)."""
     out = np.maximum(a, b)
-    keep = np.flatnonzero(((a > AIR_LEVEL) | (b > AIR_LEVEL)).reshape(len(a), -1).any(axis=1))
+    mask = out > AIR_LEVEL  # = (a > AIR_LEVEL) | (b > AIR_LEVEL)
+    keep = np.flatnonzero(mask.reshape(len(a), -1).any(axis=1))
     if len(keep) == 0:
         return out, 0, 0.0
     a, b = a[keep], b[keep]
-    y0, y1, x0, x1 = content_box(a, b)
+    y0, y1, x0, x1 = _mask_box(mask[keep])
     out[keep, y0:y1, x0:x1] = _run_batch(net, a[:, y0:y1, x0:x1], b[:, y0:y1, x0:x1], dev)
     return out, len(keep), (y1 - y0) * (x1 - x0) / (a.shape[-2] * a.shape[-1])
 

@@ -138,8 +138,8 @@ class FastCPUNet:
         ]
         self.taps = eam.TAPS
         dec = [m for m in model.decoder.net if isinstance(m, nn.Conv2d)]
-        self.decoder = [_Conv(c, dtype, "leaky_relu") for c in dec[:-1]] + [_Conv(dec[-1], dtype, "tanh")]
-        self.decoder[0] = _Conv(_fold_sum_channels(dec[0]), dtype, "leaky_relu")
+        self.decoder = ([_Conv(_fold_sum_channels(dec[0]), dtype, "leaky_relu")]
+                        + [_Conv(c, dtype, "leaky_relu") for c in dec[1:-1]] + [_Conv(dec[-1], dtype, "tanh")])
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
