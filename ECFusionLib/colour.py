@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ECFusionError
+from .tasks import TASK_SPECS
 
 KR, KB = 0.299, 0.114
 KG = 1.0 - KR - KB
@@ -90,8 +91,8 @@ _CONTROL_POINTS: dict[str, list[tuple[float, float, float, float]]] = {
     ],
 }
 COLORMAPS = tuple(_CONTROL_POINTS)
-# Slicer's colour-node names for the same tables (the Grey colour node is "Grey").
-DEFAULT_COLORMAP = {"PET": "PET-Heat", "SPECT": "PET-Rainbow2"}
+# second modality -> default colour map (Slicer's colour-node names for the same tables), from the task registry
+DEFAULT_COLORMAP = {s.second_modality: s.default_colormap for s in TASK_SPECS.values() if s.default_colormap}
 
 
 def colormap_table(name_or_path: str) -> np.ndarray:

@@ -1,28 +1,33 @@
-"""The slice-by-slice engine: streams batches of 2D slices of two co-registered volumes through the network.
+"""The slice-by-slice engine: streams batches of 2D slices of two co-registered volumes through a predictor.
+
+    runner = make_runner(model, device="auto", precision="auto")   # a private, ready-to-run copy of the model
+    fused, info = fuse_volume(runner, second_u8, anatomical_u8, axis=0)
+    fused, info = fuse_volume(model, second_u8, anatomical_u8)     # the same, the runner made on the fly
 
 Inputs are 8-bit grey volumes (the intensity-mapped sources, 0-255) of one shape; the output is the
 fused grey volume, uint8, same shape. Extra memory is one batch of slices (inputs, activations, result),
-never a float copy of the volume.
+never a float copy of the volume. The caller's model is never modified (not moved, not put in eval mode).
 
 Precision: ``"auto"`` (default) = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32;
 ``"fp32"`` or ``"bf16"`` to force one. bf16 moves the fused image by ~0.15 grey levels on average (PET-MRI
 bundled weights) because the attention's tokenisers stay in fp32 (``network.HCEL``); with them in bf16 it
 was 8 levels.
 Fast paths (``fast=True``, the default):
-- on the CPU, ``fast_cpu.FastCPUNet``: fused oneDNN kernels, weights cast once; on CUDA, autocast;
+- on the CPU, the model's own fused path when its architecture has one (``cpu_runner``, e.g.
+  ``network.FusedECFusion``: fused oneDNN kernels, weights cast once), else its forward pass; on CUDA, autocast;
 - channels_last memory layout;
 - air skipping: each batch is cropped to the bounding box of content in either input (voxels above
   ``AIR_LEVEL`` grey levels), grown by ``MARGIN`` pixels and rounded up to the network's multiple of 16;
   slices with no content are not computed. Outside the box the output is the pixel-wise maximum of the
   inputs (at most ``AIR_LEVEL``: air stays air).
-``fast=False`` is the reference: fp32, full slices. The two agree to a few grey levels (see the tests and
-scripts/benchmark.py).
+``fast=False`` is the reference: the plain forward pass, fp32, full slices. The two agree to a few grey levels
+(see the tests and scripts/benchmark.py).
+Process-wide CPU tuning (OpenMP wait policy, allocator) is not done here: see ``runtime.tune_cpu``.
 """
 from __future__ import annotations
 
-import ctypes
+import copy
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,36 +35,42 @@ import numpy as np
 import torch
 
 from .errors import CancelledError, ECFusionError
-from .fast_cpu import FastCPUNet
-from .network import ECFusionNet
+from .tasks import DEVICES, PRECISIONS, check_choice
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (slices done, total slices)
 CancelCheck = Callable[[], bool]  # True -> stop
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (second, anatomical) B x 1 x H x W in [-1, 1] -> fused
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    """The torch device for a name of ``tasks.DEVICES`` (or "cuda:N").
+
+    Args:
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    Returns:
+        The device.
+    Raises:
+        ECFusionError: CUDA asked for without a usable GPU, or an unknown name.
+    """
     name = str(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ECFusionError("CUDA was asked for but no CUDA GPU is usable by this PyTorch; use device 'cpu' or 'auto'")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ECFusionError(f"unknown device '{device}': use auto, cpu or cuda")
+    if name not in DEVICES and not name.startswith("cuda"):
+        raise ECFusionError(f"unknown device '{device}': use one of {', '.join(DEVICES)}")
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
 AIR_LEVEL = 4  # grey levels (0-255) at or below which a voxel counts as air
 # Pixels of context kept around the content. The crop's border is zero-padded by every conv layer, where the full
-# slice would have air; measured on the phantom head (PET-MRI weights, fp32) against full slices, mean |diff| in
-# the head / area computed: margin 8: 0.89 levels / 61 %, 16: 0.64 / 72 %, 32: 0.10 / 84 %, 64: 0.004 / 92 %.
+# slice would have air; measured on the phantom head (PET-MRI weights, fp32; development machine, Nov 2026) against
+# full slices, mean |diff| in the head / area computed: margin 8: 0.89 levels / 61 %, 16: 0.64 / 72 %,
+# 32: 0.10 / 84 %, 64: 0.004 / 92 %.
 MARGIN = 32
 CPU_BATCH_PIXELS = 256 * 256 * 4  # slices per CPU batch: about this many pixels in all (auto_batch_size)
-MIB = 1024 * 1024
-TRIM = 512 * MIB  # freed heap memory the process may keep (tune_cpu_allocator)
 
 
 def cpu_has_bf16() -> bool:
@@ -77,9 +88,13 @@ def bytes_per_slice(h: int, w: int, half: bool) -> int:
 
 
 def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
-    """CPU: slices of about ``CPU_BATCH_PIXELS`` pixels in all (measured on 2 cores, bf16 fused path, ms per
-    slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87, 512x512 379/455/683: small slices gain from
-    batching, large ones fall out of cache). CUDA: as many slices as fit in half of the free memory, at most 64."""
+    """Slices per batch for h x w slices.
+
+    CPU: slices of about ``CPU_BATCH_PIXELS`` pixels in all (measured on the 2-core AMD EPYC development machine,
+    torch 2.13, Nov 2026, bf16 fused path, ms per slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87,
+    512x512 379/455/683: small slices gain from batching, large ones fall out of cache). CUDA: as many slices as
+    fit in half of the free memory, at most 64.
+    """
     if device.type != "cuda":
         return int(max(1, min(8, CPU_BATCH_PIXELS // (h * w))))
     free, _ = torch.cuda.mem_get_info(device)
@@ -88,6 +103,8 @@ def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
 
 @dataclass
 class EngineInfo:
+    """How a volume was fused: device, slices per batch, "bf16"/"fp32", slices in all."""
+
     device: str
     batch_size: int
     precision: str
@@ -124,32 +141,105 @@ def _slices(vol: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
     return np.moveaxis(vol, axis, 0)[start:stop]
 
 
-def fuse_volume(model: ECFusionNet, a: np.ndarray, b: np.ndarray, *, axis: int = 0, device: str = "auto",
-                batch_size: int | None = None, progress: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None, fast: bool = True,
-                precision: str = "auto") -> tuple[np.ndarray, EngineInfo]:
-    """Fuse two uint8 volumes (D x H x W, or H x W for one image) slice by slice along ``axis``.
+@dataclass
+class Runner:
+    """A predictor ready to run: (second, anatomical) B x 1 x H x W in [-1, 1] on ``device`` -> fused, same shape.
 
-    a: second modality (CT, or Y of PET/SPECT); b: MRI; both 0-255 of one shape.
-    Returns (fused uint8 of the same shape, EngineInfo). Runs under ``torch.inference_mode``; ``fast``
-    selects the fast paths (module docstring). Identical input gives identical output. ``cancel()``
-    returning True raises CancelledError between batches.
+    Made by ``make_runner``; ``model`` is its private copy (None for a plain callable given to ``fuse_volume``).
     """
-    if a.shape != b.shape:
-        raise ECFusionError(f"the two volumes must have one shape on the common grid, got {a.shape} and {b.shape}")
+
+    predict: Predict
+    device: torch.device
+    half: bool  # computes in bf16
+    fast: bool  # fast paths: the model's fused path or channels_last + autocast, and air skipping
+    model: torch.nn.Module | None = None
+    precision_asked: str = "auto"
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.half else "fp32"
+
+    def __call__(self, second: torch.Tensor, anatomical: torch.Tensor) -> torch.Tensor:
+        return self.predict(second, anatomical)
+
+    def on(self, device: str | torch.device) -> "Runner":
+        """The same model and settings on another device (the GPU-out-of-memory fallback)."""
+        if self.model is None:
+            raise ECFusionError("a plain predictor function cannot be moved to another device")
+        return make_runner(self.model, device=device, precision=self.precision_asked, fast=self.fast)
+
+
+def make_runner(model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "auto",
+                fast: bool = True) -> Runner:
+    """Make ``model`` ready to run on ``device`` at ``precision``, picking the fast path by architecture.
+
+    Args:
+        model: a network taking (second, anatomical) B x 1 x H x W in [-1, 1]. It is copied, not modified.
+        device: one of ``tasks.DEVICES`` or "cuda:N".
+        precision: one of ``tasks.PRECISIONS`` (module docstring).
+        fast: on the CPU, the model's ``cpu_runner(dtype)`` when its class has one (falls back to the plain
+            forward pass otherwise); on CUDA, channels_last + autocast. False: the plain forward pass in fp32.
+    Returns:
+        The ``Runner``.
+    Raises:
+        ECFusionError: unknown device or precision, or CUDA asked for without one.
+    """
+    check_choice(precision, PRECISIONS, "precision")
+    dev = resolve_device(device)
+    want_half = precision == "bf16" or (precision == "auto" and fast)
+    half = want_half and (dev.type == "cuda" or cpu_has_bf16())
+    own = copy.deepcopy(model).to(dev).eval()
+    if dev.type == "cpu" and fast and hasattr(own, "cpu_runner"):
+        predict = own.cpu_runner(torch.bfloat16 if half else torch.float32)
+    else:
+        if fast:
+            own = own.to(memory_format=torch.channels_last)
+
+        def predict(second: torch.Tensor, anatomical: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
+                return own(second, anatomical)
+    return Runner(predict, dev, half, fast, own, precision)
+
+
+def fuse_volume(predictor: torch.nn.Module | Runner | Predict, second: np.ndarray, anatomical: np.ndarray, *,
+                axis: int = 0, device: str = "auto", precision: str = "auto", fast: bool = True,
+                batch_size: int | None = None, progress: ProgressCallback | None = None,
+                cancel: CancelCheck | None = None) -> tuple[np.ndarray, EngineInfo]:
+    """Fuse two uint8 volumes slice by slice along ``axis``.
+
+    Args:
+        predictor: a model (run through ``make_runner(model, device=, precision=, fast=)``; not modified), a
+            ``Runner`` (its own device, precision and ``fast`` are used), or any function (second, anatomical)
+            B x 1 x H x W in [-1, 1] -> fused (run as given, on ``device``).
+        second: the second image (CT, or Y of PET/SPECT), D x H x W (or H x W for one image), uint8 0-255.
+        anatomical: the anatomical image (MRI), same shape, uint8 0-255.
+        axis: the array axis to slice along.
+        device, precision, fast: see ``make_runner``.
+        batch_size: slices per batch (default ``auto_batch_size``).
+        progress: called with (slices done, total) before the first and after each batch.
+        cancel: polled between batches; True raises CancelledError.
+    Returns:
+        (fused uint8 of the inputs' shape, EngineInfo). Identical input gives identical output.
+    Raises:
+        ECFusionError: shapes differ, unknown device/precision; CancelledError when cancelled.
+    """
+    if second.shape != anatomical.shape:
+        raise ECFusionError(f"the two volumes must have one shape on the common grid, got {second.shape} and "
+                            f"{anatomical.shape}")
+    if isinstance(predictor, Runner):
+        runner = predictor
+    elif isinstance(predictor, torch.nn.Module):
+        runner = make_runner(predictor, device=device, precision=precision, fast=fast)
+    else:
+        check_choice(precision, PRECISIONS, "precision")
+        runner = Runner(predictor, resolve_device(device), precision == "bf16", fast, None, precision)
+    a, b = second, anatomical
     squeeze = a.ndim == 2
     if squeeze:
         a, b, axis = a[None], b[None], 0
-    dev = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise ECFusionError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
-    want_half = precision == "bf16" or (precision == "auto" and fast)
-    half = want_half and (dev.type == "cuda" or cpu_has_bf16())
     n = a.shape[axis]
     plane = _slices(a, axis, 0, 1).shape[1:]
-    bs = batch_size or auto_batch_size(plane[0], plane[1], dev, half)
-    model = model.to(dev).eval()
-    net = _runner(model, dev, half, fast)
+    bs = batch_size or auto_batch_size(plane[0], plane[1], runner.device, runner.half)
     out = np.empty_like(a, dtype=np.uint8)
     out_view = np.moveaxis(out, axis, 0)
     done, computed, area = 0, 0, 0.0
@@ -161,20 +251,22 @@ def fuse_volume(model: ECFusionNet, a: np.ndarray, b: np.ndarray, *, axis: int =
                 raise CancelledError("cancelled by the user; nothing was written")
             stop = min(n, done + bs)
             sa, sb = _slices(a, axis, done, stop), _slices(b, axis, done, stop)
+            dev = runner.device
             try:
-                if fast:
-                    fused, n_run, box_area = _run_cropped(net, sa, sb, dev)
+                if runner.fast:
+                    fused, n_run, box_area = _run_cropped(runner, sa, sb, dev)
                 else:
-                    fused, n_run, box_area = _run_batch(net, sa, sb, dev), stop - done, 1.0
+                    fused, n_run, box_area = _run_batch(runner, sa, sb, dev), stop - done, 1.0
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if bs > 1:
                     bs = max(1, bs // 2)
                     log.warning("GPU out of memory: retrying with batch size %d", bs)
                     continue
+                if runner.model is None:
+                    raise
                 log.warning("GPU out of memory even with one slice: continuing on the CPU")
-                dev, half = torch.device("cpu"), half and cpu_has_bf16()
-                net = _runner(model.to(dev), dev, half, fast)
+                runner = runner.on("cpu")
                 continue
             out_view[done:stop] = fused
             computed += n_run
@@ -182,50 +274,12 @@ def fuse_volume(model: ECFusionNet, a: np.ndarray, b: np.ndarray, *, axis: int =
             done = stop
             if progress:
                 progress(done, n)
-    info = EngineInfo(device=str(dev), batch_size=bs, precision="bf16" if half else "fp32", slices=n,
+    info = EngineInfo(device=str(runner.device), batch_size=bs, precision=runner.precision, slices=n,
                       computed_slices=computed, computed_fraction=area / n if n else 0.0)
     return (out[0] if squeeze else out), info
 
 
-Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) B x 1 x H x W in [-1, 1] -> fused
-
-
-def _runner(model: ECFusionNet, dev: torch.device, half: bool, fast: bool) -> Runner:
-    """The network as called for this device, precision and path."""
-    if dev.type == "cpu" and fast:
-        tune_cpu_allocator()
-        return FastCPUNet(model, torch.bfloat16 if half else torch.float32)
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
-
-    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
-            return model(a, b)
-    return run
-
-
-_ALLOCATOR_TUNED = False
-
-
-def tune_cpu_allocator() -> None:
-    """Keep freed activation buffers in the process heap instead of returning them to the OS after every
-    layer (glibc only; once per process). Measured at 512x512 bf16: 40-120 k page faults per slice -> 0,
-    435-500 ms -> 385 ms. Cost: up to ``TRIM`` bytes of freed memory stay with the process."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
-        return
-    _ALLOCATOR_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        libc.mallopt(m_mmap_threshold, 32 * MIB)  # glibc's largest: blocks up to 32 MB come from the heap
-        libc.mallopt(m_trim_threshold, TRIM)
-        libc.mallopt(m_top_pad, 64 * MIB)
-    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
-        log.debug("mallopt not available; CPU allocator left as it is")
-
-
-def _run_cropped(net: Runner, a: np.ndarray, b: np.ndarray, dev: torch.device):
+def _run_cropped(net: Predict, a: np.ndarray, b: np.ndarray, dev: torch.device):
     """Air skipping: run the network on the slices with content, cropped to their common content box.
     Returns (k x H x W uint8, slices computed, box area as a fraction of the slice)."""
     out = np.maximum(a, b)
@@ -246,7 +300,7 @@ def _to_device(x: np.ndarray, dev: torch.device) -> torch.Tensor:
     return t[:, None].float().div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
 
 
-def _run_batch(net: Runner, a: np.ndarray, b: np.ndarray, dev: torch.device) -> np.ndarray:
+def _run_batch(net: Predict, a: np.ndarray, b: np.ndarray, dev: torch.device) -> np.ndarray:
     """k x H x W uint8 pairs -> k x H x W uint8 fused."""
     f = net(_to_device(a, dev), _to_device(b, dev))
     return f[:, 0].float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()

@@ -6,8 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ECFusionError
-
-AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")
+from .tasks import AXES  # noqa: F401 - the vocabulary lives in the task registry
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:

@@ -2,10 +2,11 @@
 
 - MRI: robust percentiles. low = the 0.5th percentile of all voxels (the background, usually 0),
   high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
-- CT: a Hounsfield window, default level 40 HU / width 150 HU ([-35, 115] HU: brain grey,
-  bone saturated white, air black, like the AANLIB training CTs); configurable.
-- PET/SPECT scalar volumes: window/level (default: 0.5th percentile to the 99.99th percentile of the voxels above it) through a colour
-  map (default PET-Heat for PET, PET-Rainbow2 for SPECT) to RGB, then Y of BT.601 YCbCr.
+- CT: a Hounsfield window, default the CT-MRI task's (``tasks.TASK_SPECS``: level 40 HU / width 150 HU);
+  configurable.
+- PET/SPECT scalar volumes: window/level (default: ``default_window_level``, the 0.5th percentile to the 99.99th
+  percentile of the voxels above it) through a colour map (default: the task's, ``colour.DEFAULT_COLORMAP``)
+  to RGB, then Y of BT.601 YCbCr.
   RGB functional volumes are used as they are (their Y).
 Each mapping returns a small dict recorded in the output's metadata.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .colour import apply_colormap, colormap_table, luminance, to_uint8
+from .colour import DEFAULT_COLORMAP, apply_colormap, colormap_table, luminance, to_uint8
+from .tasks import TASK_SPECS
 
-DEFAULT_CT_LEVEL = 40.0
-DEFAULT_CT_WINDOW = 150.0
+DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = TASK_SPECS["CT-MRI"].default_window  # HU
 MRI_PERCENTILES = (0.5, 99.5)
 FUNCTIONAL_PERCENTILES = (0.5, 99.99)  # keep small hot spots (lesions) below saturation
 
@@ -32,6 +33,23 @@ def robust_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, f
     if high <= low:
         high = float(sample.max()) if sample.max() > low else low + 1.0
     return low, high
+
+
+def default_window_level(values: np.ndarray, window: float | None = None,
+                         level: float | None = None) -> tuple[float, float]:
+    """Window/level of scalar functional (PET/SPECT) ``values``: the given ones, else their robust range.
+
+    Args:
+        values: the voxel values; callers pass the volume as acquired (not resampled), so the result does
+            not depend on the anatomical grid.
+        window, level: given values (either may be None).
+    Returns:
+        (window, level) in the values' units.
+    """
+    if window is not None and level is not None:
+        return float(window), float(level)
+    low, high = robust_range(values, FUNCTIONAL_PERCENTILES)
+    return (high - low if window is None else float(window)), ((high + low) / 2 if level is None else float(level))
 
 
 def window_to_uint8(arr: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -54,14 +72,10 @@ def map_ct(arr: np.ndarray, window: float | None = None, level: float | None = N
 
 def map_functional(arr: np.ndarray, modality: str, colormap: str | None = None, window: float | None = None,
                    level: float | None = None, table: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Scalar PET/SPECT -> (RGB ... x 3 uint8, Y uint8, mapping). ``table`` (256 x 3, 0-1) overrides ``colormap``."""
-    from .colour import DEFAULT_COLORMAP
-
+    """Scalar PET/SPECT -> (RGB ... x 3 uint8, Y uint8, mapping). ``table`` (256 x 3, 0-1) overrides ``colormap``;
+    a missing window or level comes from ``default_window_level(arr)``."""
     name = colormap or DEFAULT_COLORMAP.get(modality, "PET-Heat")
-    if window is None or level is None:
-        low, high = robust_range(arr, FUNCTIONAL_PERCENTILES)
-        window = high - low if window is None else window
-        level = (high + low) / 2 if level is None else level
+    window, level = default_window_level(arr, window, level)
     lut = colormap_table(name) if table is None else table
     rgb = apply_colormap(arr, lut, float(window), float(level))
     return rgb, to_uint8(luminance(rgb)), {"modality": modality, "method": "colormap",

@@ -1,20 +1,126 @@
-"""The fusion tasks: which second modality is fused with MRI, and how its folder is named."""
+"""The task registry and the option vocabularies: the one place that says what each fusion task is.
+
+A task fuses an anatomical image (MRI) with a second image (CT, PET or SPECT). Everything that differs
+between tasks is a field of its ``TaskSpec``; the command line's ``choices=``, the Slicer module's lists,
+task detection, the intensity and colour defaults and ``fusion.fuse_images`` all read it from here.
+Adding a task = one ``TaskSpec`` entry in ``TASK_SPECS`` plus its weights in ``weights/catalogue.json``.
+
+No torch, no Qt: importable by the command-line parser and the Slicer widget at no cost.
+"""
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 from .errors import ECFusionError
 
-# task -> name of the second modality (also the folder name in the 2D layout ROOT/<task>/<modality>/)
-TASKS = {"CT-MRI": "CT", "PET-MRI": "PET", "SPECT-MRI": "SPECT"}
-FUNCTIONAL_TASKS = {"PET-MRI", "SPECT-MRI"}  # pseudocolour: fuse Y, keep CbCr
+# ---------------------------------------------------------------- option vocabularies (first = default)
+DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on GPUs and CPUs with native bf16, else fp32 (engine.make_runner)
+REGISTRATION_MODES = ("none", "rigid", "affine")  # registration of the second image onto the anatomical one
+REGISTRATION_INITS = ("geometry", "moments")
+AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # slice direction (geometry.slice_axis)
+AXES_ANATOMICAL = AXES[:4]  # the ones offered in a user interface
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one fusion task is.
+
+    Attributes:
+        name: the task's name, e.g. "PET-MRI" (also its folder name in the 2D layout ROOT/<task>/).
+        second_modality: modality of the second image ("CT", "PET", "SPECT"; also its 2D folder name).
+        anatomical_modality: modality of the anatomical image (the output's grid).
+        keep_colour: True: a pseudocolour second image keeps its colour (the network fuses its Y channel;
+            the output is RGB with the second image's CbCr); False: the output is grey.
+        anatomical_mapping: intensity mapping of the anatomical image to 0-255 ("percentiles", intensity.map_mri).
+        second_mapping: of a scalar second image: "window" (fixed window/level, intensity.map_window) or
+            "colormap" (window/level through a colour map, then Y; intensity.map_functional).
+        default_colormap: colour map for "colormap" (a name in colour.COLORMAPS), else None.
+        default_window: (window, level) for "window", in the modality's units (CT: HU), else None (robust range).
+        dicom_modalities: DICOM Modality (0008,0060) codes of the second image.
+        name_patterns: regular expressions on a lower-case volume name that identify the second image.
+    """
+
+    name: str
+    second_modality: str
+    keep_colour: bool
+    second_mapping: str
+    default_colormap: str | None = None
+    default_window: tuple[float, float] | None = None
+    dicom_modalities: tuple[str, ...] = ()
+    name_patterns: tuple[str, ...] = ()
+    anatomical_modality: str = "MRI"
+    anatomical_mapping: str = "percentiles"
+
+
+def _word(*alternatives: str) -> str:
+    """A pattern matching any of ``alternatives`` as a whole word (not inside a longer name)."""
+    return rf"(^|[^a-z])({'|'.join(alternatives)})([^a-z]|$)"
+
+
+# Order matters for name detection: the first task whose pattern matches wins.
+TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
+    TaskSpec("PET-MRI", "PET", keep_colour=True, second_mapping="colormap", default_colormap="PET-Heat",
+             dicom_modalities=("PT",), name_patterns=(_word("pet", "pt", "fdg", "suv", "amyloid", "tau"),)),
+    TaskSpec("SPECT-MRI", "SPECT", keep_colour=True, second_mapping="colormap", default_colormap="PET-Rainbow2",
+             dicom_modalities=("NM", "ST"),
+             name_patterns=(_word("spect", "nm", "hmpao", "ecd", "datscan", "perfusion"),)),
+    # [-35, 115] HU: brain grey, bone saturated white, air black, like the AANLIB training CTs
+    TaskSpec("CT-MRI", "CT", keep_colour=False, second_mapping="window", default_window=(150.0, 40.0),
+             dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),)),
+)}
+TASK_NAMES = tuple(sorted(TASK_SPECS))  # "CT-MRI", "PET-MRI", "SPECT-MRI": the order shown to users
+# Derived views, kept for the callers that only need one fact.
+TASKS = {name: TASK_SPECS[name].second_modality for name in TASK_NAMES}  # task -> second modality (2D folder name)
+FUNCTIONAL_TASKS = frozenset(name for name, spec in TASK_SPECS.items() if spec.keep_colour)
 
 
 def check_task(task: str) -> str:
-    """Return the canonical task name (case-insensitive) or raise a clear error."""
-    for name in TASKS:
-        if task.upper() == name.upper():
+    """The canonical name of ``task`` (case-insensitive).
+
+    Raises:
+        ECFusionError: unknown task, naming the known ones.
+    """
+    for name in TASK_NAMES:
+        if str(task).upper() == name.upper():
             return name
-    raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
+    raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASK_NAMES)}")
+
+
+def task_spec(task: str) -> TaskSpec:
+    """The ``TaskSpec`` of ``task`` (any case); ECFusionError if unknown."""
+    return TASK_SPECS[check_task(task)]
 
 
 def second_modality(task: str) -> str:
-    return TASKS[check_task(task)]
+    """The second image's modality of ``task``, e.g. "PET" for "PET-MRI"."""
+    return task_spec(task).second_modality
+
+
+def detect_task(dicom_modality: str | None = None, name: str | None = None) -> str | None:
+    """The task whose second image this is, from its DICOM modality code, else from its name.
+
+    Args:
+        dicom_modality: DICOM Modality (0008,0060) of the second image, e.g. "PT"; None or "" if unknown.
+        name: the image's name (node name, file name); matched case-insensitively against each task's
+            ``name_patterns``, in ``TASK_SPECS`` order.
+    Returns:
+        The task name, or None when neither tells.
+    """
+    code = (dicom_modality or "").strip().upper()
+    for spec in TASK_SPECS.values():
+        if code and code in spec.dicom_modalities:
+            return spec.name
+    lowered = (name or "").lower()
+    for spec in TASK_SPECS.values():
+        if any(re.search(pattern, lowered) for pattern in spec.name_patterns):
+            return spec.name
+    return None
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``choices``, else ECFusionError naming them (``what``: e.g. "precision")."""
+    if value not in choices:
+        raise ECFusionError(f"unknown {what} '{value}': use one of {', '.join(choices)}")
+    return value
