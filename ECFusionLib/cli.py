@@ -9,8 +9,10 @@ import sys
 
 from .colour import COLORMAPS
 from .errors import ECFusionError
-from .geometry import AXES
 from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
+from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
+
+TASK_HELP = ", ".join(TASK_NAMES)
 
 EPILOG_FUSE = """examples:
   ecfusion fuse --anatomical MRI.nii.gz --functional PET.nii.gz --task PET-MRI --output fused.nrrd
@@ -35,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("--anatomical", help="MRI volume (NRRD, NIfTI or MHA); the output is on its grid")
     f.add_argument("--functional", help="CT, PET or SPECT volume (scalar, or RGB pseudocolour)")
-    f.add_argument("--task", help="CT-MRI, PET-MRI or SPECT-MRI (2D mode: taken from the folder names)")
+    f.add_argument("--task", help=f"{TASK_HELP} (2D mode: taken from the folder names)")
     f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
     f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
-    f.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    f.add_argument("--device", default="auto", choices=DEVICES, help="default: CUDA when available")
+    f.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs and on CPUs with native bf16 (~1.7x faster, ~0.15 grey "
                         "levels from fp32 on average), else fp32")
     f.add_argument("--batch-size", type=int, help="slices per batch (default: about 256k pixels per batch on CPU, fitted to free memory on CUDA)")
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ct-window", type=float, help=f"CT window in HU (default {DEFAULT_CT_WINDOW:g})")
     f.add_argument("--ct-level", type=float, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
     f.add_argument("--weights", help="weights file (default: the bundled weights of the task)")
-    f.add_argument("--register", default="none", choices=["none", "rigid", "affine"],
+    f.add_argument("--register", default="none", choices=REGISTRATION_MODES,
                    help="register the functional volume onto the MRI first (mutual information; default none)")
     f.add_argument("--transform", help="an ITK transform file (MRI space -> functional space, e.g. from "
                                       "'ecfusion register') applied before fusion")
@@ -64,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--functional", required=True)
     r.add_argument("--output", required=True, help="transform file (.tfm, .txt or .h5): MRI space -> functional space, "
                                                    "ITK convention; in Slicer, apply it to the functional volume")
-    r.add_argument("--mode", default="rigid", choices=["rigid", "affine"])
-    r.add_argument("--init", default="geometry", choices=["geometry", "moments"],
+    r.add_argument("--mode", default="rigid", choices=REGISTRATION_MODES[1:])
+    r.add_argument("--init", default="geometry", choices=REGISTRATION_INITS,
                    help="start from the image centres (geometry) or the centres of mass (moments)")
 
     e = sub.add_parser("evaluate", help="fusion metrics of fused PNGs against their source pairs")
@@ -78,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="fuse the bundled digital phantom (MRI + PET) on the CPU")
     d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
-    d.add_argument("--task", default="PET-MRI", help="PET-MRI, SPECT-MRI or CT-MRI")
-    d.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--task", default="PET-MRI", help=TASK_HELP)
+    d.add_argument("--device", default="cpu", choices=DEVICES)
 
     t = sub.add_parser("train", help="train or fine-tune the network on 2D pairs", epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png")
-    t.add_argument("--task", required=True, help="CT-MRI, PET-MRI or SPECT-MRI")
+    t.add_argument("--task", required=True, help=TASK_HELP)
     t.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, best.pt")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=4)
@@ -101,13 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on 128x128 patches directly (reduced CPU schedule) instead of upsampling them to 256")
     t.add_argument("--val-cases", nargs="*", help="case numbers held out for validation (default: seeded 15%% of cases)")
     t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
     t.add_argument("--split-seed", type=int, default=0, help="which cases are held out for validation (default 0)")
     t.add_argument("--threads", type=int)
     t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much training time")
+
+    sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
     return p
+
+
+def cmd_models(args) -> int:
+    """Registered architectures (name, parameters, description), then the bundled weights per task."""
+    from .network import count_parameters
+    from .registry import create_model, model_entries
+    from .weights import catalogue
+
+    print("architectures:")
+    for name, entry in sorted(model_entries().items()):
+        print(f"  {name:16s} {count_parameters(create_model(name)):>9,d} parameters  {entry.description}")
+    print("bundled weights:")
+    entries = catalogue()
+    if not entries:
+        print("  (none)")
+    for task, entry in sorted(entries.items()):
+        source = entry.get("source") or entry.get("description", "")
+        print(f"  {task:10s} {entry['file']:24s} {entry.get('architecture', '?'):16s} sha256 {entry['sha256']}\n"
+              f"  {'':10s} source: {source}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -350,11 +374,15 @@ def cmd_demo(args) -> int:
     return cmd_fuse(ns)
 
 
-COMMANDS = {"fuse": cmd_fuse, "register": cmd_register, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"fuse": cmd_fuse, "register": cmd_register, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "models": cmd_models}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .runtime import tune_cpu
+
+    tune_cpu()  # this process is ours: OpenMP wait policy, allocator (before torch starts its threads)
     try:
         return COMMANDS[args.command](args)
     except ECFusionError as exc:

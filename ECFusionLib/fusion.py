@@ -18,10 +18,9 @@ from .colour import recolour
 from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
 from .geometry import resample_onto, slice_axis
-from .intensity import FUNCTIONAL_PERCENTILES, map_ct, map_functional, map_mri, map_rgb, robust_range
-from .network import ARCHITECTURE, ECFusionNet
+from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb
 from .registration import alignment_check
-from .tasks import FUNCTIONAL_TASKS, check_task, second_modality
+from .tasks import task_spec
 from .volume_io import check_image
 from .weights import load_model
 
@@ -52,30 +51,35 @@ class FusionResult:
     metadata: dict = field(default_factory=dict)
 
 
-def default_window_level(values: np.ndarray, window: float | None, level: float | None) -> tuple[float, float]:
-    """Window/level for scalar PET/SPECT voxel ``values``: the given ones, else their robust range. Callers pass
-    the volume as acquired (not resampled), so the result does not depend on the anatomical grid."""
-    if window is not None and level is not None:
-        return float(window), float(level)
-    low, high = robust_range(values, FUNCTIONAL_PERCENTILES)
-    return (high - low if window is None else float(window)), ((high + low) / 2 if level is None else float(level))
+__all__ = ["FusionSettings", "FusionResult", "fuse_images", "default_window_level", "METADATA_PREFIX"]
 
 
 def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSettings, *,
-                model: ECFusionNet | None = None, weights_info: dict | None = None,
+                model=None, weights_info: dict | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
                 transform: sitk.Transform | None = None) -> FusionResult:
-    """Fuse the MRI ``anatomical`` with ``second`` (CT, PET or SPECT; scalar or RGB) on the MRI's grid.
+    """Fuse the anatomical image (MRI) with the second image (CT, PET or SPECT; scalar or RGB) on the anatomical grid.
 
-    ``transform`` (optional) maps anatomical physical points to the second image's space.
-    The inputs are not modified.
+    What is done with each image follows the task's ``tasks.TaskSpec`` (intensity mapping, colour kept or not).
+
+    Args:
+        anatomical: 2D or 3D scalar image; the output is on its grid.
+        second: 2D or 3D image, scalar or RGB, anywhere in physical space overlapping ``anatomical``.
+        settings: task, device, precision, display settings, weights (``FusionSettings``).
+        model: a network (``torch.nn.Module``, not modified) to use instead of loading ``settings.weights`` or the
+            task's bundled weights; pass ``weights_info`` with it for the metadata.
+        progress, cancel: see ``engine.fuse_volume``.
+        transform: maps anatomical physical points to the second image's space (optional).
+    Returns:
+        FusionResult: the image (RGB uint8 when the task keeps colour and the second image has it, else grey
+        uint8) and its provenance metadata. The inputs are not modified.
     """
-    task = check_task(settings.task)
-    modality = second_modality(task)
-    check_image(anatomical, "anatomical (MRI) image")
+    spec = task_spec(settings.task)
+    task, modality = spec.name, spec.second_modality
+    check_image(anatomical, f"anatomical ({spec.anatomical_modality}) image")
     check_image(second, f"{modality} image", allow_rgb=True)
     if anatomical.GetDimension() != second.GetDimension():
-        raise ECFusionError(f"the MRI is {anatomical.GetDimension()}D but the {modality} image is {second.GetDimension()}D")
+        raise ECFusionError(f"the {spec.anatomical_modality} is {anatomical.GetDimension()}D but the {modality} image is {second.GetDimension()}D")
     if model is None:
         model, weights_info = load_model(task, settings.weights)
     axis = slice_axis(anatomical, settings.axis)
@@ -90,19 +94,19 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         mri_u8, mri_map = np.asarray(sitk.GetArrayViewFromImage(anatomical), np.uint8), {"modality": "MRI", "method": "as-is (8-bit)"}
         if moved.GetNumberOfComponentsPerPixel() == 3:
             rgb, sec_u8, sec_map = map_rgb(sec, modality)
-            rgb = rgb if task in FUNCTIONAL_TASKS else None
         else:
             sec_u8, sec_map = np.asarray(sec, np.uint8), {"modality": modality, "method": "as-is (8-bit)"}
-    elif task in FUNCTIONAL_TASKS:
-        if moved.GetNumberOfComponentsPerPixel() == 3:
-            rgb, sec_u8, sec_map = map_rgb(sec, modality)
-        else:
-            window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
-            rgb, sec_u8, sec_map = map_functional(sec, modality, settings.colormap, window, level, settings.colormap_table)
-    elif moved.GetNumberOfComponentsPerPixel() == 3:
-        _, sec_u8, sec_map = map_rgb(sec, modality)
-    else:
-        sec_u8, sec_map = map_ct(sec, settings.ct_window, settings.ct_level)
+    elif moved.GetNumberOfComponentsPerPixel() == 3:  # RGB second image: its luminance
+        rgb, sec_u8, sec_map = map_rgb(sec, modality)
+    elif spec.second_mapping == "colormap":  # scalar PET/SPECT: coloured as displayed, then its luminance
+        window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
+        colormap = settings.colormap or spec.default_colormap
+        rgb, sec_u8, sec_map = map_functional(sec, modality, colormap, window, level, settings.colormap_table)
+    else:  # "window": CT in HU
+        window, level = spec.default_window
+        sec_u8, sec_map = map_ct(sec, window if settings.ct_window is None else settings.ct_window,
+                                 level if settings.ct_level is None else settings.ct_level)
+    rgb = rgb if spec.keep_colour else None
     if not settings.as_is:
         mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
     del sec
@@ -116,7 +120,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         out = sitk.GetImageFromArray(fused_y)
     out.CopyInformation(anatomical)
     metadata = {
-        "version": __version__, "architecture": ARCHITECTURE, "task": task,
+        "version": __version__, "architecture": getattr(model, "architecture", type(model).__name__), "task": task,
         "weights": (weights_info or {}).get("weights", "in-memory model"),
         "weights_sha256": (weights_info or {}).get("sha256", ""),
         "anatomical_intensity": mri_map, "second_intensity": sec_map,

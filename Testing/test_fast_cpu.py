@@ -1,11 +1,11 @@
-"""The CPU inference path (fused oneDNN kernels) against the reference forward pass."""
+"""The CPU inference path (the network's fused path on oneDNN kernels) against the reference forward pass."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ECFusionLib.engine import cpu_has_bf16
-from ECFusionLib.fast_cpu import FastCPUNet, _bilinear_matrix, _fold_sum_channels
-from ECFusionLib.network import sobel_xy
+from ECFusionLib.fast_cpu import bilinear_matrix
+from ECFusionLib.network import FusedECFusion, fold_sum_channels, sobel_xy
 
 
 def _pair(b, h, w, seed=0):
@@ -18,7 +18,7 @@ def test_fp32_fast_path_equals_reference(seeded_model, shape):
     a, b = _pair(*shape)
     with torch.inference_mode():
         ref = seeded_model(a, b)
-    fast = FastCPUNet(seeded_model, torch.float32)(a, b)
+    fast = FusedECFusion(seeded_model, torch.float32)(a, b)
     assert fast.shape == ref.shape and fast.dtype == torch.float32
     assert (fast - ref).abs().max().item() * 127.5 < 0.01  # grey levels
 
@@ -30,7 +30,7 @@ def test_fast_path_without_onednn_kernels_equals_reference(seeded_model, monkeyp
     a, b = _pair(1, 48, 40, seed=4)
     with torch.inference_mode():
         ref = seeded_model(a, b)
-    assert (FastCPUNet(seeded_model, torch.float32)(a, b) - ref).abs().max().item() * 127.5 < 0.01
+    assert (FusedECFusion(seeded_model, torch.float32)(a, b) - ref).abs().max().item() * 127.5 < 0.01
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 is only used on CPUs with native bf16")
@@ -38,7 +38,7 @@ def test_bf16_fast_path_is_close_to_reference(seeded_model):
     a, b = _pair(2, 64, 96, seed=1)
     with torch.inference_mode():
         ref = seeded_model(a, b)
-    err = (FastCPUNet(seeded_model, torch.bfloat16)(a, b) - ref).abs() * 127.5
+    err = (FusedECFusion(seeded_model, torch.bfloat16)(a, b) - ref).abs() * 127.5
     assert err.mean().item() < 1.0 and err.max().item() < 8
 
 
@@ -48,14 +48,14 @@ def test_folding_the_sum_channels_is_exact():
     full = torch.cat([t for x, y in zip(x2, y2) for t in (torch.maximum(x, y), torch.minimum(x, y), x + y)], 1)
     half = torch.cat([t for x, y in zip(x2, y2) for t in (torch.maximum(x, y), torch.minimum(x, y))], 1)
     with torch.no_grad():
-        assert torch.allclose(conv(full), _fold_sum_channels(conv)(half), atol=1e-4)
+        assert torch.allclose(conv(full), fold_sum_channels(conv)(half), atol=1e-4)
 
 
 @pytest.mark.parametrize("n_out,n_in", [(512, 32), (48, 3), (80, 5)])
 def test_bilinear_matrix_matches_interpolate(n_out, n_in):
     x = torch.randn(1, 2, n_in, 7, dtype=torch.float64)
     ref = F.interpolate(x, size=(n_out, 7), mode="bilinear", align_corners=False)
-    got = torch.einsum("oi,bcij->bcoj", _bilinear_matrix(n_out, n_in, torch.float64), x)
+    got = torch.einsum("oi,bcij->bcoj", bilinear_matrix(n_out, n_in, torch.float64), x)
     assert torch.allclose(ref, got, atol=1e-12)
 
 

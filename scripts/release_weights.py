@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ECFusionLib.tasks import check_task  # noqa: E402
-from ECFusionLib.weights import CATALOGUE, WEIGHTS_DIR, load_state_dict, sha256, weights_meta  # noqa: E402
+from ECFusionLib.weights import CATALOGUE, WEIGHTS_DIR, read_weights, sha256, weights_meta  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,12 +26,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     task = check_task(args.task)
     best = Path(args.run) / "best.pt"
-    load_state_dict(best)  # refuse anything that is not valid ECFusion weights
+    _, model = read_weights(best)  # refuse anything that is not valid weights of a registered architecture
     target = WEIGHTS_DIR / f"ecfusion_{task.lower()}.pt"
     shutil.copyfile(best, target)
     cat = json.loads(CATALOGUE.read_text()) if CATALOGUE.is_file() else {}
     meta = weights_meta(target)
-    cat[task] = {"file": target.name, "sha256": sha256(target), "architecture": "ecfusion-v1",
+    cat[task] = {"file": target.name, "sha256": sha256(target), "architecture": model.architecture,
                  "epoch": meta.get("epoch"), "description": args.description}
     CATALOGUE.write_text(json.dumps(dict(sorted(cat.items())), indent=2) + "\n")
     print(f"{task}: {target.name} sha256 {cat[task]['sha256']}")
