@@ -66,7 +66,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 AIR_LEVEL = 4  # grey levels (0-255) at or below which a voxel counts as air
 # Pixels of context kept around the content. The crop's border is zero-padded by every conv layer, where the full
-# slice would have air; measured on the phantom head (PET-MRI weights, fp32; development machine, Nov 2026) against
+# slice would have air; measured on the phantom head (PET-MRI weights, fp32; 2-core Xeon, 2026-11-22) against
 # full slices, mean |diff| in the head / area computed: margin 8: 0.89 levels / 61 %, 16: 0.64 / 72 %,
 # 32: 0.10 / 84 %, 64: 0.004 / 92 %.
 MARGIN = 32
@@ -90,8 +90,8 @@ def bytes_per_slice(h: int, w: int, half: bool) -> int:
 def auto_batch_size(h: int, w: int, device: torch.device, half: bool) -> int:
     """Slices per batch for h x w slices.
 
-    CPU: slices of about ``CPU_BATCH_PIXELS`` pixels in all (measured on the 2-core AMD EPYC development machine,
-    torch 2.13, Nov 2026, bf16 fused path, ms per slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87,
+    CPU: slices of about ``CPU_BATCH_PIXELS`` pixels in all (measured 2026-11-22 on the project's 2-core Xeon with AMX bf16,
+    torch 2.13, bf16 fused path, ms per slice at batch 1/2/4: 128x128 45/34/24, 256x256 100/88/87,
     512x512 379/455/683: small slices gain from batching, large ones fall out of cache). CUDA: as many slices as
     fit in half of the free memory, at most 64.
     """

@@ -9,7 +9,7 @@
 
 Naive = what research test scripts do: one slice at a time, fp32, eager, full slices, torch.no_grad.
 Engine = ECFusionLib.engine.fuse_volume as shipped: precision "auto" (bf16 on GPUs and CPUs with native bf16),
-the fused-kernel CPU path (fast_cpu.py) or autocast + batching on GPU, air skipping;
+the network's fused-kernel CPU path (network.FusedECFusion on fast_cpu.py kernels) or autocast + batching on GPU, air skipping;
 "engine fp32" = the same with --precision fp32.
 Weights: the bundled PET-MRI weights (speed does not depend on them; the output differences do).
 The headline ratio (head phantom) is robust to a noisy, shared machine: naive and engine runs are interleaved
@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from ECFusionLib.engine import cpu_has_bf16, fuse_volume, make_runner, resolve_device  # noqa: E402
 from ECFusionLib.network import count_parameters  # noqa: E402
 from ECFusionLib.runtime import tune_cpu  # noqa: E402
+from ECFusionLib.tasks import DEVICES  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -165,7 +166,7 @@ def benchmark_registration():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute on 2 CPU cores")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--load", action="store_true", help="keep one other core busy during the measurements")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--registration", action="store_true", help="only: time rigid registration of a 256x256x180 pair")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ECFusionLib.pairs import find_pairs  # noqa: E402
-from ECFusionLib.tasks import TASKS, check_task  # noqa: E402
+from ECFusionLib.tasks import PRECISIONS, TASKS, check_task  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-cases", nargs="+", required=True)
     p.add_argument("--weights", help="default: the bundled weights of the task")
     p.add_argument("--csv", help="per-image metrics")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="passed to ecfusion fuse")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="passed to ecfusion fuse")
     args = p.parse_args(argv)
     task = check_task(args.task)
     pairs = [x for x in find_pairs(args.data, [task]) if x.case in set(args.val_cases)]
