@@ -23,6 +23,10 @@ AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # slice directio
 AXES_ANATOMICAL = AXES[:4]  # the ones offered in a user interface
 
 
+SECOND_MAPPINGS = ("window", "colormap")  # implemented in intensity.py (map_ct, map_functional)
+ANATOMICAL_MAPPINGS = ("percentiles",)  # intensity.map_mri
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What one fusion task is.
@@ -52,6 +56,15 @@ class TaskSpec:
     name_patterns: tuple[str, ...] = ()
     anatomical_modality: str = "MRI"
     anatomical_mapping: str = "percentiles"
+
+    def __post_init__(self):
+        if self.second_mapping not in SECOND_MAPPINGS or self.anatomical_mapping not in ANATOMICAL_MAPPINGS:
+            raise ValueError(f"task {self.name}: mappings must be one of {SECOND_MAPPINGS} (second image) and "
+                             f"{ANATOMICAL_MAPPINGS} (anatomical image)")
+        if (self.second_mapping == "colormap") != (self.default_colormap is not None) or \
+                (self.second_mapping == "window") != (self.default_window is not None):
+            raise ValueError(f"task {self.name}: a 'colormap' mapping needs default_colormap, a 'window' mapping "
+                             "default_window (and only they)")
 
 
 def _word(*alternatives: str) -> str:
