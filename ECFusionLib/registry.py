@@ -96,7 +96,7 @@ def create_model(name: str, **kwargs: Any):
         raise ECFusionError(f"unknown network architecture '{name}': known are {', '.join(sorted(entries))}")
     try:
         return entries[name].cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # unknown argument, impossible width, ...
         raise ECFusionError(f"architecture '{name}' cannot be built with {kwargs}: {exc}") from exc
 
 
