@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .colour import luminance
-from .errors import ECFusionError
+from .errors import CancelledError, ECFusionError
 
 MODES = ("none", "rigid", "affine")
 
@@ -35,7 +35,7 @@ MAX_SAMPLES = 150_000  # metric samples per iteration and level: keeps big volum
 
 
 def _method(iterations: int, seed: int, progress: Callable[[str], None] | None, stage: str,
-            voxels: int = 0) -> sitk.ImageRegistrationMethod:
+            voxels: int = 0, cancel: Callable[[], bool] | None = None) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -51,11 +51,14 @@ def _method(iterations: int, seed: int, progress: Callable[[str], None] | None, 
     if progress is not None:
         reg.AddCommand(sitk.sitkMultiResolutionIterationEvent,
                        lambda: progress(f"{stage}: level {reg.GetCurrentLevel() + 1}/3"))
+    if cancel is not None:  # asked at every optimizer iteration; True stops the optimizer (register then raises)
+        reg.AddCommand(sitk.sitkIterationEvent, lambda: cancel() and reg.StopRegistration())
     return reg
 
 
 def register(anatomical: sitk.Image, functional: sitk.Image, mode: str = "rigid", init: str = "geometry",
-             iterations: int = 200, seed: int = 1, progress: Callable[[str], None] | None = None) -> sitk.Transform:
+             iterations: int = 200, seed: int = 1, progress: Callable[[str], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> sitk.Transform:
     """Transform mapping anatomical physical points (mm, LPS) to functional ones; see the module docstring."""
     if mode not in ("rigid", "affine"):
         raise ECFusionError(f"unknown registration mode '{mode}': use rigid or affine")
@@ -68,13 +71,14 @@ def register(anatomical: sitk.Image, functional: sitk.Image, mode: str = "rigid"
         fixed, moving, rigid,
         sitk.CenteredTransformInitializerFilter.GEOMETRY if init == "geometry" else sitk.CenteredTransformInitializerFilter.MOMENTS)
     voxels = int(np.prod(fixed.GetSize()))
-    reg = _method(iterations, seed, progress, "rigid", voxels)
+    reg = _method(iterations, seed, progress, "rigid", voxels, cancel)
     reg.SetInitialTransform(start, inPlace=False)
     try:
         result = reg.Execute(fixed, moving)
     except RuntimeError as exc:
         raise ECFusionError(f"registration failed ({str(exc).strip().splitlines()[-1]}); check that the volumes overlap "
                             "and try --init moments") from exc
+    _check_cancel(cancel)
     rigid_tx = _unwrap(result)
     if mode == "rigid":
         return rigid_tx
@@ -82,9 +86,16 @@ def register(anatomical: sitk.Image, functional: sitk.Image, mode: str = "rigid"
     affine.SetMatrix(rigid_tx.GetMatrix())
     affine.SetTranslation(rigid_tx.GetTranslation())
     affine.SetCenter(rigid_tx.GetCenter())
-    reg = _method(iterations, seed, progress, "affine", voxels)
+    reg = _method(iterations, seed, progress, "affine", voxels, cancel)
     reg.SetInitialTransform(affine, inPlace=False)
-    return _unwrap(reg.Execute(fixed, moving))
+    result = _unwrap(reg.Execute(fixed, moving))
+    _check_cancel(cancel)
+    return result
+
+
+def _check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("registration cancelled by the user")
 
 
 def _unwrap(tx: sitk.Transform) -> sitk.Transform:

@@ -7,25 +7,29 @@ at import or in constructors: PyTorch is checked for, and installed on request, 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+import time
+from typing import Annotated, Union
 
+import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from ECFusionSlicerLib.logic import ECFusionSlicerLogic  # the console API: ECFusionSlicer.ECFusionSlicerLogic()
+from ECFusionSlicerLib.logic import (LIMITS, TORCH_MINIMUM, ECFusionSlicerLogic,  # console API: ECFusionSlicer.ECFusionSlicerLogic()
+                                     first_anatomical_candidate, torch_version_problem)
 
-TORCH_REQUIREMENT = "torch>=2.1"
+TORCH_REQUIREMENT = ">=" + ".".join(map(str, TORCH_MINIMUM))
+DOUBLE_CLICK_S = 1.0  # an Apply click this soon after starting is the second half of a double-click: ignored
 
 
 class ECFusionSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "ECFusion"
-        self.parent.categories = ["Multimodal"]
+        self.parent.categories = ["Nuclear Medicine"]
         self.parent.dependencies = []
         self.parent.contributors = ["ECFusion for 3D Slicer developers"]
         self.parent.helpText = (
@@ -42,24 +46,39 @@ class ECFusionSlicer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class ECFusionSlicerParameterNode:
-    """Saved with the scene; the names match ECFusionSlicerLib.logic.PARAMETERS and its node references."""
+    """Saved with the scene; the names match ECFusionSlicerLib.logic.PARAMETERS and its node references.
+
+    Each field bound to a .ui widget (property SlicerParameterName) has a type that one of Slicer's GUI connectors
+    accepts (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; checked by Testing/test_slicer_gui_contract.py):
+    qMRMLNodeComboBox - a node class or typing.Union of node classes and None; QComboBox - str with Choice;
+    QSpinBox - int; QDoubleSpinBox - float. The spin-box connectors reset the widget's range unless the field
+    carries WithinRange, so the limits are given here (from the logic's LIMITS, which it also checks).
+    """
 
     anatomicalVolume: slicer.vtkMRMLScalarVolumeNode
     functionalVolume: slicer.vtkMRMLScalarVolumeNode
-    outputVolume: slicer.vtkMRMLScalarVolumeNode
+    # An RGB (PET/SPECT) result is a vtkMRMLVectorVolumeNode: both classes are offered. The connector writes the
+    # annotation's classes into the combobox's nodeTypes; the UnionSerializer stores the reference under
+    # "outputVolume_<index>" (logic.node_reference reads either form). None = create a new volume.
+    outputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode, None]
     task: Annotated[str, Choice(["auto", "CT-MRI", "PET-MRI", "SPECT-MRI"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
     axis: Annotated[str, Choice(["auto", "axial", "coronal", "sagittal"])] = "auto"
-    batchSize: int = 0
-    ctWindow: float = 150.0
-    ctLevel: float = 40.0
+    batchSize: Annotated[int, WithinRange(*LIMITS["batchSize"])] = 0
+    ctWindow: Annotated[float, WithinRange(*LIMITS["ctWindow"])] = 150.0
+    ctLevel: Annotated[float, WithinRange(*LIMITS["ctLevel"])] = 40.0
+    # Bound by hand to weightsPathLineEdit (a ctkPathLineEdit): Slicer's only connector for that widget takes
+    # pathlib types, and an empty pathlib.Path serialises as "." - not "no weights file".
     weightsPath: str = ""
     registration: Annotated[str, Choice(["none", "rigid", "affine"])] = "none"
     registrationTransform: slicer.vtkMRMLLinearTransformNode
 
 
 class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. While a run is in progress: Apply reads Cancel, the input sections are disabled, a click within
+    DOUBLE_CLICK_S of starting is ignored, and closing the scene cancels the run (nothing is added)."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -67,7 +86,9 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._running = False
+        self._startedAt = 0.0
         self._cancelRequested = False
+        self._updatingWeightsPath = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -79,89 +100,137 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        # ctkPathLineEdit::currentPathChanged(QString) - connected by hand (see ECFusionSlicerParameterNode.weightsPath)
+        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self.onWeightsPathChanged)
         self.initializeParameterNode()
 
     def cleanup(self):
+        self._cancelRequested = True
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
+        if self._running:  # the run stops at its next check and adds nothing to the closing scene
+            self._cancelRequested = True
+            self.log("The scene is closing: cancelling the run.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onReload(self):
+        """Reload the module's library too ("Reload" alone re-imports only this file)."""
+        import importlib
+        import sys
+
+        for name in ("ECFusionSlicerLib.mrml_volumes", "ECFusionSlicerLib.logic"):
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def initializeParameterNode(self):
         self.setParameterNode(ECFusionSlicerParameterNode(self.logic.getParameterNode()))
         if not self._parameterNode.anatomicalVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            first = first_anatomical_candidate(slicer.mrmlScene)  # not a label map, RGB or earlier result
             if first:
                 self._parameterNode.anatomicalVolume = first
 
     def setParameterNode(self, node):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = node
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        if self._parameterNode and not self._updatingWeightsPath:
+            self._updatingWeightsPath = True
+            try:
+                if self.ui.weightsPathLineEdit.currentPath != self._parameterNode.weightsPath:
+                    self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weightsPath
+            finally:
+                self._updatingWeightsPath = False
+        self._checkCanApply()
+
+    def onWeightsPathChanged(self, path):
+        if self._parameterNode and not self._updatingWeightsPath:
+            self._parameterNode.weightsPath = path or ""
 
     def _checkCanApply(self, caller=None, event=None):
         if self._running:
             return
-        ok = bool(self._parameterNode and self._parameterNode.anatomicalVolume and self._parameterNode.functionalVolume)
+        p = self._parameterNode
+        ok = bool(p and p.anatomicalVolume and p.functionalVolume and p.anatomicalVolume != p.functionalVolume)
         self.ui.applyButton.enabled = ok
-        self.ui.applyButton.toolTip = "Fuse the two volumes" if ok else "Select the anatomical and functional volumes"
+        self.ui.applyButton.toolTip = ("Fuse the two volumes" if ok else
+                                       "Select two different volumes: the anatomical MRI and the CT/PET/SPECT")
 
     # -------------------------------------------------------------- run
     def onApplyButton(self):
         if self._running:  # the button reads "Cancel" while running
+            if time.monotonic() - self._startedAt < DOUBLE_CLICK_S:
+                return  # the second click of a double-click on Apply, not a Cancel
             self._cancelRequested = True
-            self.log("Cancelling after the current slice...")
+            self.ui.applyButton.enabled = False
+            self.log("Cancelling...")
             return
-        with slicer.util.tryWithErrorDisplay("ECFusion failed.", waitCursor=False):
-            if not ensure_dependencies():
-                return
-            self._run()
+        self._setRunning(True)
+        try:
+            with slicer.util.tryWithErrorDisplay("ECFusion failed.", waitCursor=False):
+                if ensure_dependencies(interactive=True) and not self._cancelRequested:
+                    self._run()
+        finally:
+            self._setRunning(False)
+
+    def _setRunning(self, running):
+        self._running = running
+        if running:
+            self._startedAt, self._cancelRequested = time.monotonic(), False
+        for section in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton,
+                        self.ui.outputsCollapsibleButton):
+            section.enabled = not running
+        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyButton.enabled = True
+        if running:
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.format = "starting"
+            self.ui.statusLabel.plainText = ""
+        else:
+            self._checkCanApply()
+
+    def _isCancelled(self):
+        slicer.app.processEvents()  # keep the GUI responsive (and the Cancel button clickable)
+        return self._cancelRequested
 
     def _run(self):
         from ECFusionLib.errors import CancelledError
 
-        self._running, self._cancelRequested = True, False
-        self.ui.applyButton.text = "Cancel"
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.plainText = ""
-        self.log("Fusing... (the first run loads the network)")
         try:
             output = self.logic.processUsingParameterNode(
                 self._parameterNode.parameterNode, progressCallback=self._onProgress,
-                cancelCheck=lambda: self._cancelRequested)
-            self.log(f"Done: {output.GetName()} ({output.GetAttribute('ECFusion.task')}, "
-                     f"{output.GetAttribute('ECFusion.device')})")
-            slicer.util.setSliceViewerLayers(background=output, foreground=None, fit=True)
+                cancelCheck=self._isCancelled, statusCallback=self.log)
         except CancelledError:
             self.log("Cancelled: the scene is unchanged.")
-        finally:
-            self._running = False
-            self.ui.applyButton.text = "Apply"
-            self._checkCanApply()
+            return
+        self.log(f"Done: {output.GetName()} ({output.GetAttribute('ECFusion.task')}, "
+                 f"{output.GetAttribute('ECFusion.device')})")
+        slicer.util.setSliceViewerLayers(background=output, foreground=None, fit=True)
 
     def _onProgress(self, done, total):
         self.ui.progressBar.maximum = max(total, 1)
         self.ui.progressBar.value = done
         self.ui.progressBar.format = f"slice {done}/{total}"
-        slicer.app.processEvents()  # keep the GUI responsive (and the Cancel button clickable)
+        slicer.app.processEvents()
 
     def log(self, text):
         logging.info(text)
@@ -169,52 +238,86 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
 
-def ensure_dependencies() -> bool:
+def torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def ensure_dependencies(interactive: bool = True) -> bool:
     """PyTorch through the PyTorch extension (asks once); nothing else is needed to fuse.
 
-    Slicer's own numpy and SimpleITK are used as they are, never replaced. Returns False if the user
-    declined or the PyTorch extension is missing (with a message saying what to do)."""
-    try:
-        import torch  # noqa: F401
+    Slicer's own numpy and SimpleITK are used as they are, never replaced. Installs only when ``interactive``
+    and Slicer has a main window and is not testing (then PyTorchUtils would install without asking). Returns
+    False, with a message saying what to do, when PyTorch is missing, too old, declined or not installable."""
+    interactive = (interactive and not slicer.app.commandOptions().noMainWindow
+                   and not slicer.app.testingEnabled())
 
-        return True
-    except ImportError:
-        pass
-    interactive = slicer.app.commandOptions().noMainWindow is False and not slicer.app.testingEnabled()
-    try:
-        import PyTorchUtils
-    except ImportError:
-        msg = "ECFusion needs PyTorch: install the 'PyTorch' extension from the Extensions Manager, restart Slicer, then try again."
+    def tell(msg):
         if interactive:
             slicer.util.errorDisplay(msg)
         else:
             logging.error(msg)
+
+    if torch_available():
+        import torch
+
+        problem = torch_version_problem(torch.__version__)
+        if problem is None:
+            return True
+        if not interactive or not slicer.util.confirmOkCancelDisplay(
+                f"{problem}. Update PyTorch now? Slicer must be restarted afterwards."):
+            tell(problem)
+            return False
+    try:
+        import PyTorchUtils
+    except ImportError:
+        tell("ECFusion needs PyTorch: install the 'PyTorch' extension from the Extensions Manager, restart Slicer, "
+             "then try again.")
         return False
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=interactive,
-                                                           torchVersionRequirement=TORCH_REQUIREMENT[len("torch"):])
-    return torch is not None
+    if not interactive:
+        tell("ECFusion needs PyTorch: open the ECFusion module and press Apply to install it (not done in "
+             "testing or without a main window).")
+        return False
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
+                                                           torchVersionRequirement=TORCH_REQUIREMENT)
+    if torch is None:
+        tell("PyTorch was not installed, so ECFusion cannot run. Press Apply again to retry.")
+        return False
+    if torch_version_problem(torch.__version__) is not None:
+        slicer.util.infoDisplay("PyTorch was updated: restart Slicer, then press Apply again.")
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- self-test
 class ECFusionSlicerTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Developer mode > Reload and Test): small synthetic volumes through the logic."""
+    """Runs inside Slicer (Developer mode > Reload and Test, or ctest): small synthetic volumes through the logic.
+
+    Without PyTorch it reports "skipped" and passes: "Reload and Test" calls runTest() directly, where a
+    unittest skip would count as a failure, and it never installs PyTorch (testing mode would not ask)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        if not torch_available() or not ensure_dependencies(interactive=False):
+            self.delayDisplay("ECFusion self-test skipped: PyTorch is not installed (or too old)")
+            return
         self.test_fuse_phantom()
 
     def test_fuse_phantom(self):
         import numpy as np
         import SimpleITK as sitk
 
+        from ECFusionLib.errors import CancelledError
         from ECFusionLib.phantom import make_phantom
         from ECFusionLib.weights import catalogue
 
-        if not ensure_dependencies():
-            self.skipTest("PyTorch is not available")
+        if "PET-MRI" not in catalogue():
+            self.delayDisplay("ECFusion self-test skipped: no bundled PET-MRI weights")
+            return
         self.delayDisplay("Building a small phantom")
         ph = make_phantom(size=(40, 48, 40), seed=3, spacing=4.5)
         mri = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(ph["MRI"]), name="T1 phantom")
@@ -225,12 +328,8 @@ class ECFusionSlicerTest(ScriptedLoadableModuleTest):
             node.SetOrigin(-o[0], -o[1], o[2])  # LPS -> RAS
             node.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)
         pet.GetDisplayNode().SetAndObserveColorNodeID(slicer.util.getNode("PET-Heat").GetID())
-        if "PET-MRI" not in catalogue():
-            self.skipTest("no bundled PET-MRI weights")
         nodes_before = slicer.mrmlScene.GetNumberOfNodes()
         logic = ECFusionSlicerLogic()
-        from ECFusionLib.errors import CancelledError
-
         with self.assertRaises(CancelledError):
             logic.process(mri, pet, device="cpu", cancelCheck=lambda: True)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes_before)

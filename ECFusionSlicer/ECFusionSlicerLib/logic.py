@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
 from typing import Callable
 
 import slicer
 import vtk
 
-from ECFusionLib.errors import ECFusionError
+# ECFusionLib's package import sets OMP_WAIT_POLICY for the command line's benefit; inside Slicer that would
+# tune OpenMP for the whole application, so a value this process did not have before is removed again
+# (before torch, which reads it, is imported). Process-wide tuning belongs to the command line only.
+_OMP_BEFORE = os.environ.get("OMP_WAIT_POLICY")
+from ECFusionLib.errors import CancelledError, ECFusionError  # noqa: E402
 
-from . import mrml_volumes as mv
+if _OMP_BEFORE is None:
+    os.environ.pop("OMP_WAIT_POLICY", None)
+
+from . import mrml_volumes as mv  # noqa: E402
 
 MODULE_NAME = "ECFusionSlicer"
 ATTRIBUTE_PREFIX = "ECFusion."
@@ -38,6 +47,64 @@ NAME_PATTERNS = [  # (regular expression on the node name, task), first match wi
 # The parameters a parameter node holds (the widget's parameterNodeWrapper uses the same names).
 PARAMETERS = {"task": "auto", "device": "auto", "precision": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "150.0",
               "ctLevel": "40.0", "weightsPath": "", "registration": "none"}
+# Limits of the numeric settings, shared by the logic's checks and the widget's spin boxes (WithinRange).
+LIMITS = {"batchSize": (0, 256), "ctWindow": (1.0, 10000.0), "ctLevel": (-2000.0, 5000.0)}
+# Oldest PyTorch accepted (torch < 2.6 has published weights_only=True bypasses).
+TORCH_MINIMUM = (2, 6)
+StatusCallback = Callable[[str], None]
+
+
+def torch_version_problem(version: str) -> str | None:
+    """None if ``version`` (torch.__version__, e.g. "2.13.0+cpu") is at least TORCH_MINIMUM, else what is wrong."""
+    numbers = re.findall(r"\d+", version.split("+")[0])[:2]
+    found = tuple(int(n) for n in numbers) if len(numbers) == 2 else (0, 0)
+    if found >= TORCH_MINIMUM:
+        return None
+    need = ".".join(map(str, TORCH_MINIMUM))
+    return f"PyTorch {version} is installed but ECFusion needs {need} or newer: update it (PyTorch extension or pip)"
+
+
+def node_reference(parameterNode, role: str):
+    """The node a parameter node refers to under ``role``, also when the widget's parameterNodeWrapper stored it.
+
+    parameterNodeWrapper's UnionSerializer (Base/Python/slicer/parameterNodeWrapper/serializers.py) writes a
+    ``Union[...]`` field under ``f"{name}_{index}"`` of the member type that accepted the value; a single node
+    type is stored under ``name`` itself (NodeSerializer).
+    """
+    node = parameterNode.GetNodeReference(role)
+    for index in range(4):
+        if node is not None:
+            return node
+        node = parameterNode.GetNodeReference(f"{role}_{index}")
+    return node
+
+
+def first_anatomical_candidate(scene):
+    """The first grey image volume of ``scene`` (not a label map, RGB, tensor or diffusion volume), or None."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() != "vtkMRMLScalarVolumeNode" or node.GetAttribute(ATTRIBUTE_PREFIX + "task"):
+            continue
+        image = node.GetImageData()
+        if image is None or image.GetNumberOfScalarComponents() == 1:
+            return node
+    return None
+
+
+def check_number(name: str, value, *, integer: bool = False, limits: tuple | None = None):
+    """``value`` as a finite number within ``limits`` (default LIMITS[name]), else ECFusionError naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ECFusionError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ECFusionError(f"{name} must be a finite number, got {value!r}")
+    if integer and number != int(number):
+        raise ECFusionError(f"{name} must be a whole number, got {value!r}")
+    lo, hi = limits or LIMITS[name]
+    if not lo <= number <= hi:
+        raise ECFusionError(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
+    return int(number) if integer else number
 
 
 class ECFusionSlicerLogic:
@@ -66,11 +133,13 @@ class ECFusionSlicerLogic:
             node = self.scene.AddNode(node)
         return node
 
-    def processUsingParameterNode(self, parameterNode=None, progressCallback=None, cancelCheck=None):
+    def processUsingParameterNode(self, parameterNode=None, progressCallback=None, cancelCheck=None,
+                                  statusCallback: StatusCallback | None = None):
         """Run ``process`` with the inputs and settings stored in a parameter node.
 
-        Node references: anatomicalVolume, functionalVolume, outputVolume and registrationTransform (optional;
-        set on success).
+        Node references: anatomicalVolume, functionalVolume, outputVolume (optional: empty = a new volume on every
+        run, so a previous result is never overwritten unless it is chosen) and registrationTransform (optional;
+        set when a registration created one). The widget's parameterNodeWrapper and this logic share the node.
         """
         p = parameterNode or self.getParameterNode()
 
@@ -78,25 +147,22 @@ class ECFusionSlicerLogic:
             value = p.GetParameter(name)
             return value if value not in ("", None) else PARAMETERS.get(name, "")
 
-        def number(name, kind=float):
-            value = p.GetParameter(name)
-            return kind(float(value)) if value not in ("", None, "0") else None
-
-        anatomical = p.GetNodeReference("anatomicalVolume")
-        functional = p.GetNodeReference("functionalVolume")
+        anatomical = node_reference(p, "anatomicalVolume")
+        functional = node_reference(p, "functionalVolume")
         if anatomical is None or functional is None:
             raise ECFusionError("select both an anatomical (MRI) and a functional (CT/PET/SPECT) volume")
         task = param("task")
-        output = self.process(anatomical, functional, p.GetNodeReference("outputVolume"),
+        batch = check_number("batchSize", param("batchSize"), integer=True)
+        output = self.process(anatomical, functional, node_reference(p, "outputVolume"),
                               task=None if task == "auto" else task, device=param("device"),
                               precision=param("precision"), axis=param("axis"),
-                              batchSize=number("batchSize", int), ctWindow=number("ctWindow"), ctLevel=number("ctLevel"),
+                              batchSize=batch or None, ctWindow=check_number("ctWindow", param("ctWindow")),
+                              ctLevel=check_number("ctLevel", param("ctLevel")),
                               weightsPath=p.GetParameter("weightsPath") or None, registration=param("registration"),
-                              registrationTransformNode=p.GetNodeReference("registrationTransform"),
-                              progressCallback=progressCallback, cancelCheck=cancelCheck)
-        p.SetNodeReferenceID("outputVolume", output.GetID())
+                              registrationTransformNode=node_reference(p, "registrationTransform"),
+                              progressCallback=progressCallback, cancelCheck=cancelCheck, statusCallback=statusCallback)
         tx_id = output.GetAttribute(ATTRIBUTE_PREFIX + "registration_transform")
-        if tx_id:
+        if tx_id and node_reference(p, "registrationTransform") is None:
             p.SetNodeReferenceID("registrationTransform", tx_id)
         return output
 
@@ -127,33 +193,60 @@ class ECFusionSlicerLogic:
                 ctWindow: float | None = None, ctLevel: float | None = None, weightsPath: str | None = None,
                 registration: str = "none", registrationTransformNode=None,
                 progressCallback: Callable[[int, int], None] | None = None,
-                cancelCheck: Callable[[], bool] | None = None):
+                cancelCheck: Callable[[], bool] | None = None, statusCallback: StatusCallback | None = None):
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
 
         colorNodeID / window / level override the functional volume's display settings (scalar PET/SPECT).
         precision: "auto" (bf16 where the hardware has it, else fp32), "fp32" or "bf16" (ECFusionLib.engine).
+        batchSize: slices per batch (None or 0: automatic); ctWindow > 0 and ctLevel in HU (CT-MRI).
         registration: "none", "rigid" or "affine" (mutual information, ECFusionLib.registration). The result is
         stored in ``registrationTransformNode`` (or a new linear transform node named after the inputs) for
         inspection; the functional volume is fused through it but is not moved. With registration "none", a
         given ``registrationTransformNode`` (e.g. one edited by hand) is applied as it is.
+        cancelCheck() is asked between every phase (loading PyTorch, loading the network, each registration
+        iteration, each batch of slices, before writing); True stops with CancelledError. statusCallback(text)
+        names each phase as it starts.
         Returns the output node (``outputNode`` if given, else a new node added to the scene).
         Raises ECFusionError (bad input) or ECFusionLib's errors (weights, cancel); the scene is then unchanged.
         """
-        import SimpleITK as sitk
+        def phase(text):
+            if cancelCheck is not None and cancelCheck():
+                raise CancelledError("cancelled by the user; the scene is unchanged")
+            if text and statusCallback is not None:
+                statusCallback(text)
 
-        from ECFusionLib.fusion import FusionSettings, fuse_images
-
+        phase("")
         self._check_inputs(anatomicalNode, functionalNode, outputNode)
         task = task or self.detectTask(functionalNode)
         if task not in TASKS:
             raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
         if registration not in ("none", "rigid", "affine"):
             raise ECFusionError(f"unknown registration '{registration}': use none, rigid or affine")
-        reg_ras = self._registration_matrix(anatomicalNode, functionalNode, registration, registrationTransformNode)
+        if batchSize is not None:
+            batchSize = check_number("batchSize", batchSize, integer=True) or None  # 0: automatic
+        ctWindow = check_number("ctWindow", ctWindow) if ctWindow is not None else None
+        ctLevel = check_number("ctLevel", ctLevel) if ctLevel is not None else None
+        if window is not None:
+            window = check_number("window", window, limits=(1e-6, math.inf))
+        if level is not None:
+            level = check_number("level", level, limits=(-math.inf, math.inf))
+
+        phase("Loading PyTorch...")
+        import SimpleITK as sitk
+
+        from ECFusionLib.fusion import FusionSettings, fuse_images
+        from ECFusionLib.weights import load_model
+
+        phase("Loading the network...")
+        model, weights_info = load_model(task, weightsPath)
+        phase(f"Registering ({registration})..." if registration != "none" else "")
+        reg_ras = self._registration_matrix(anatomicalNode, functionalNode, registration, registrationTransformNode,
+                                            cancelCheck)
         if mv.overlap_fraction(functionalNode, anatomicalNode, reg_ras) == 0.0:
             raise ECFusionError(f"'{functionalNode.GetName()}' and '{anatomicalNode.GetName()}' do not overlap in space: "
                                 "check their transforms, or register them first")
 
+        phase("Resampling...")
         anat_arr = mv.array_from_volume(anatomicalNode)
         is_rgb = functionalNode.GetImageData().GetNumberOfScalarComponents() == 3
         moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
@@ -173,7 +266,11 @@ class ECFusionSlicerLogic:
             img.SetSpacing(spacing)
             img.SetDirection(direction)
             images.append(img)
-        result = fuse_images(images[0], images[1], settings, progress=progressCallback, cancel=cancelCheck)
+        phase("Fusing...")
+        _keep_process_settings()
+        result = fuse_images(images[0], images[1], settings, model=model, weights_info=weights_info,
+                             progress=progressCallback, cancel=cancelCheck)
+        phase("Writing the result...")  # a cancel during the last batch still leaves the scene unchanged
         if result.metadata["alignment"]["misaligned"] and reg_ras is None:
             logging.warning("ECFusion: %s and %s look misaligned (head containment %.2f): consider 'Register before fusion'",
                             anatomicalNode.GetName(), functionalNode.GetName(), result.metadata["alignment"]["containment"])
@@ -184,7 +281,7 @@ class ECFusionSlicerLogic:
             output.SetAttribute(ATTRIBUTE_PREFIX + "registration_transform", tx.GetID())
         return output
 
-    def _registration_matrix(self, anatomicalNode, functionalNode, registration, transformNode):
+    def _registration_matrix(self, anatomicalNode, functionalNode, registration, transformNode, cancelCheck=None):
         """4x4 RAS matrix mapping anatomical world points to functional world points, or None."""
         if registration == "none":
             if transformNode is None:
@@ -198,7 +295,7 @@ class ECFusionSlicerLogic:
             fixed, moving = mv.sitk_image_in_world(anatomicalNode), mv.sitk_image_in_world(functionalNode)
         except ValueError as exc:
             raise ECFusionError(str(exc)) from exc
-        return mv.lps_to_ras_matrix(affine_matrix_lps(register(fixed, moving, registration)))
+        return mv.lps_to_ras_matrix(affine_matrix_lps(register(fixed, moving, registration, cancel=cancelCheck)))
 
     def _store_registration(self, reg_ras, registration, transformNode, anatomicalNode, functionalNode):
         """Put the registration into a linear transform node ('to parent' = functional -> anatomical world)."""
@@ -220,6 +317,9 @@ class ECFusionSlicerLogic:
             image = node.GetImageData()
             if image is None or image.GetPointData().GetScalars() is None:
                 raise ECFusionError(f"the {role} volume '{node.GetName()}' has no image data")
+        if anatomicalNode is functionalNode or anatomicalNode.GetID() == functionalNode.GetID():
+            raise ECFusionError(f"'{anatomicalNode.GetName()}' is selected as both the anatomical and the functional "
+                                "volume: choose the MRI and the CT/PET/SPECT volume")
         if anatomicalNode.GetImageData().GetNumberOfScalarComponents() != 1:
             raise ECFusionError(f"the anatomical volume '{anatomicalNode.GetName()}' must be a scalar (grey) MRI")
         if functionalNode.GetImageData().GetNumberOfScalarComponents() not in (1, 3):
@@ -230,29 +330,31 @@ class ECFusionSlicerLogic:
     def _functional_rgb(self, functionalNode, moved: vtk.vtkImageData, colorNodeID, window, level):
         """RGB of the resampled functional voxels as its display node shows them (or with overrides)."""
         display = functionalNode.GetDisplayNode()
-        if display is None or colorNodeID or window is not None or level is not None:
+        if display is None or display.GetColorNode() is None or colorNodeID or window is not None or level is not None:
             return self._rgb_with_overrides(functionalNode, moved, colorNodeID, window, level)
         rgb = mv.displayed_rgb(functionalNode, moved)
         return rgb, {"colorNode": display.GetColorNode().GetName() if display.GetColorNode() else "",
                      "window": display.GetWindow(), "level": display.GetLevel()}
 
     def _rgb_with_overrides(self, functionalNode, moved, colorNodeID, window, level):
-        from ECFusionLib.colour import apply_colormap
+        from ECFusionLib.colour import apply_colormap, colormap_table
         from ECFusionLib.fusion import default_window_level
 
         values = mv.array_from_volume_data(moved)
         display = functionalNode.GetDisplayNode()
         color = self.scene.GetNodeByID(colorNodeID) if colorNodeID else (display.GetColorNode() if display else None)
-        if color is None:
-            color = self.scene.GetFirstNodeByName("PET-Heat")
-        if color is None:
+        if colorNodeID and color is None:
             raise ECFusionError(f"colour node '{colorNodeID}' not found in the scene")
+        if color is None:  # no display or no colour node (a scene without Slicer's colour nodes): grey, as Slicer shows it
+            table, name = colormap_table("Grey"), "Grey"
+        else:
+            table, name = mv.colour_table(color), color.GetName()
         if display is not None:
             window = display.GetWindow() if window is None else window
             level = display.GetLevel() if level is None else level
         window, level = default_window_level(mv.array_from_volume(functionalNode), window, level)
-        rgb = apply_colormap(values, mv.colour_table(color), float(window), float(level))
-        return rgb, {"colorNode": color.GetName(), "window": float(window), "level": float(level)}
+        rgb = apply_colormap(values, table, float(window), float(level))
+        return rgb, {"colorNode": name, "window": float(window), "level": float(level)}
 
     def _write_output(self, result, anatomicalNode, functionalNode, outputNode, task, colour_info):
         import SimpleITK as sitk
@@ -305,3 +407,12 @@ class ECFusionSlicerLogic:
             sh.SetItemParent(item, parent)
         else:
             sh.CreateItem(parent, node)
+
+
+def _keep_process_settings() -> None:
+    """Keep ECFusionLib from tuning the allocator of the whole Slicer process (glibc mallopt): that tuning is for
+    the command line (ECFusionLib.engine.tune_cpu_allocator runs once per process and checks this flag)."""
+    from ECFusionLib import engine
+
+    if hasattr(engine, "_ALLOCATOR_TUNED"):
+        engine._ALLOCATOR_TUNED = True

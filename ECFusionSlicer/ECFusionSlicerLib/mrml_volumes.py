@@ -127,11 +127,25 @@ def sitk_geometry(ijk2ras: np.ndarray) -> tuple[list, list, list]:
 def displayed_rgb(volume_node, image: vtk.vtkImageData) -> np.ndarray:
     """RGB (k x j x i x 3 uint8) of ``image`` coloured exactly as ``volume_node``'s display node shows
     its own voxels: same colour node, window/level, thresholds. The node is not modified: a detached
-    copy of its display node is run on ``image``."""
+    copy of its display node is run on ``image``.
+
+    The copy must not recompute its window/level: ``vtkMRMLScalarVolumeDisplayNode::CopyContent`` copies
+    ``AutoWindowLevel`` and ``AutoThreshold``, and ``ProcessMRMLEvents`` runs ``CalculateAutoLevels`` on every
+    Modified of the node or of its input (Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.cxx). Connecting the
+    resampled ``image`` would then set window/level from *its* histogram (0.1-99.9 %), not the one the user
+    sees: a PET with a larger field of view than the MRI (whole body, a hot bladder) changed colour. So
+    auto window/level and auto threshold are switched off on the copy and the displayed values set again.
+    """
     display = volume_node.GetDisplayNode()
     tmp = slicer.vtkMRMLScalarVolumeDisplayNode()
     tmp.SetScene(volume_node.GetScene())
     tmp.CopyContent(display)
+    was_modifying = tmp.StartModify()
+    tmp.AutoWindowLevelOff()
+    tmp.AutoThresholdOff()
+    tmp.SetWindowLevel(display.GetWindow(), display.GetLevel())
+    tmp.SetThreshold(display.GetLowerThreshold(), display.GetUpperThreshold())
+    tmp.EndModify(was_modifying)
     producer = vtk.vtkTrivialProducer()
     producer.SetOutput(image)
     tmp.SetInputImageDataConnection(producer.GetOutputPort())
@@ -178,12 +192,50 @@ def pet_colour_node(scene, name: str):
 
 
 def new_scene():
-    """A scene with Slicer's default colour nodes, for use outside the application (slicer-core)."""
+    """A scene with Slicer's default colour nodes and a Volumes logic, for use outside the application
+    (slicer-core). ``volumes_logic(scene)`` returns its Volumes logic.
+
+    Set up as the application does (qSlicerCoreApplication registers module logics with the application
+    logic): the Colors logic needs an application logic with a home/share directory, or it logs
+    "FindDefaultColorFiles failed"; the Volumes logic finds the Colors logic through
+    ``GetModuleLogic("Colors")``, or it logs "invalid Colors module logic" for every volume it loads. The
+    share directory is an empty temporary one (Slicer's default colour nodes are built in, not read from it).
+    """
+    import os
+    import shutil
+    import tempfile
+
     scene = slicer.vtkMRMLScene()
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLScene(scene)  # adds the default colour nodes (logs harmless 'FindDefaultColorFiles' errors)
-    scene._ecfusion_logics = [colors]  # keep the logic alive with the scene
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    home = tempfile.mkdtemp(prefix="ecfusion-slicer-")
+    try:
+        os.makedirs(os.path.join(home, "share", "ColorFiles"))
+        app_logic.SetHomeDirectory(home)
+        app_logic.SetShareDirectory("share")
+        colors = slicer.vtkSlicerColorLogic()
+        colors.SetMRMLApplicationLogic(app_logic)
+        app_logic.SetModuleLogic("Colors", colors)
+        colors.SetMRMLScene(scene)  # adds the default colour nodes (Grey, PET-Heat, ...)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLApplicationLogic(app_logic)
+    app_logic.SetModuleLogic("Volumes", volumes)
+    volumes.SetMRMLScene(scene)
+    scene._ecfusion_logics = {"application": app_logic, "Colors": colors, "Volumes": volumes}  # alive with the scene
     return scene
+
+
+def volumes_logic(scene):
+    """The Volumes module logic for ``scene``: the application's inside Slicer, else the one ``new_scene`` made."""
+    logics = getattr(scene, "_ecfusion_logics", None)
+    if logics is not None:
+        return logics["Volumes"]
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "volumes"):
+        return modules.volumes.logic()
+    raise ValueError("no Volumes logic for this scene: create it with new_scene() outside the Slicer application")
 
 
 def sitk_image_in_world(node):
