@@ -235,3 +235,230 @@ def test_register_before_fusion_creates_an_editable_transform(scene, weights_fil
                          registrationTransformNode=tx)
     assert out2.GetAttribute("ECFusion.registration") == "given transform"
     assert scene.GetNumberOfNodes() == count + 1 + 1  # the output volume and its display node; no new transform
+
+
+# ----------------------------------------------------------------- Slicer's defaults: auto window/level left ON
+def _blob(shape_pos: np.ndarray, centre, radius) -> np.ndarray:
+    return np.exp(-np.sum((shape_pos - np.asarray(centre)) ** 2, axis=-1) / (2 * radius**2))
+
+
+def _head_and_whole_body_pet(scene):
+    """An MRI of the head and a PET with a larger field of view whose hottest spot (a 'bladder') lies outside the
+    MRI. Display nodes keep Slicer's defaults (auto window/level ON); the PET is shown with PET-Heat."""
+    mri = add_volume(scene, np.zeros((20, 30, 30), np.float32), ijk2ras((2, 2, 2), (-30, -30, -20)), "T1")
+    p = world_positions(mri)
+    mri_arr = (800 * _blob(p, (0, 0, 0), 14) + 200 * _blob(p, (8, -6, 4), 4)).astype(np.float32)
+    mri.GetImageData().GetPointData().SetScalars(mv.image_data_from_array(mri_arr).GetPointData().GetScalars())
+    mri.GetImageData().Modified()
+    pet = add_volume(scene, np.zeros((40, 40, 40), np.float32), ijk2ras((4, 4, 4), (-80, -80, -80)), "FDG PET")
+    q = world_positions(pet)
+    pet_arr = (3 + 7 * _blob(q, (0, 0, 0), 12) + 100 * _blob(q, (0, 0, -62), 9)).astype(np.float32)
+    pet.GetImageData().GetPointData().SetScalars(mv.image_data_from_array(pet_arr).GetPointData().GetScalars())
+    pet.GetImageData().Modified()
+    d = pet.GetDisplayNode()
+    d.SetAndObserveColorNodeID(scene.GetFirstNodeByName("PET-Heat").GetID())
+    assert d.GetAutoWindowLevel() and mri.GetDisplayNode().GetAutoWindowLevel()
+    return mri, pet
+
+
+def _display_output(node) -> vtk.vtkImageData:
+    """What the node's own display node shows: its RGBA output for the node's voxels."""
+    conn = node.GetDisplayNode().GetOutputImageDataConnection()
+    conn.GetProducer().Update()
+    out = vtk.vtkImageData()
+    out.DeepCopy(conn.GetProducer().GetOutputDataObject(conn.GetIndex()))
+    return out
+
+
+def _hue_and_chroma(rgb: np.ndarray):
+    rgb = rgb[..., :3].astype(np.float64)
+    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
+    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    return np.arctan2(cr, cb), np.hypot(cb, cr)
+
+
+def test_pet_colours_are_the_displayed_colours_with_auto_window_level(scene, weights_file):
+    mri, pet = _head_and_whole_body_pet(scene)
+    d = pet.GetDisplayNode()
+    shown = (d.GetWindow(), d.GetLevel())
+    assert shown[0] > 30  # the auto range includes the bladder, outside the MRI (the head alone: about 10)
+    before = snapshot(pet)
+    out = ECFusionSlicerLogic(scene).process(mri, pet, task="PET-MRI", device="cpu", weightsPath=weights_file)
+    assert (d.GetWindow(), d.GetLevel()) == shown and same_snapshot(before, snapshot(pet))
+    info = json.loads(out.GetAttribute("ECFusion.functional_display"))
+    assert (info["window"], info["level"]) == pytest.approx(shown)
+    # the display node's own colours, brought onto the MRI grid
+    expected = mv.array_from_volume_data(mv.resample_onto(pet, mri, 0.0, image=_display_output(pet)))
+    hue_exp, chroma_exp = _hue_and_chroma(expected)
+    hue_out, chroma_out = _hue_and_chroma(mv.array_from_volume(out))
+    mask = (chroma_exp > 12) & (chroma_out > 12)
+    assert mask.sum() > 500
+    err = np.degrees(np.abs(np.angle(np.exp(1j * (hue_out[mask] - hue_exp[mask])))))
+    assert np.median(err) < 2.0 and np.mean(err) < 5.0, (np.median(err), np.mean(err))
+
+
+def test_displayed_rgb_keeps_the_shown_window_level_on_another_image(scene):
+    mri, pet = _head_and_whole_body_pet(scene)
+    d = pet.GetDisplayNode()
+    moved = mv.resample_onto(pet, mri)  # no bladder in here: an auto window/level would change
+    rgb = mv.displayed_rgb(pet, moved)
+    ours = apply_colormap(mv.array_from_volume_data(moved), colormap_table("PET-Heat"), d.GetWindow(), d.GetLevel())
+    assert np.abs(rgb.astype(int) - ours.astype(int)).max() <= 1
+
+
+# ----------------------------------------------------------------- responsiveness and cancel
+def test_cancel_during_the_last_batch_leaves_no_node(scene, phantom, weights_file):
+    nodes = _phantom_nodes(scene, phantom)
+    count = scene.GetNumberOfNodes()
+    state = {"done": 0, "total": -1}
+
+    def progress(done, total):
+        state.update(done=done, total=total)
+
+    phases = []
+    with pytest.raises(CancelledError):
+        ECFusionSlicerLogic(scene).process(
+            nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file, batchSize=4, progressCallback=progress,
+            cancelCheck=lambda: state["done"] == state["total"], statusCallback=phases.append)
+    assert state["done"] == state["total"] > 0  # every batch ran, then the cancel was honoured
+    assert scene.GetNumberOfNodes() == count
+    assert phases[:2] == ["Loading PyTorch...", "Loading the network..."] and "Writing the result..." not in phases
+
+
+@pytest.mark.parametrize("stop_at", ["Loading PyTorch...", "Loading the network...", "Resampling...", "Fusing..."])
+def test_every_phase_checks_cancel(scene, phantom, weights_file, stop_at):
+    nodes = _phantom_nodes(scene, phantom)
+    count = scene.GetNumberOfNodes()
+    seen = []
+    with pytest.raises(CancelledError):
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
+                                           statusCallback=seen.append, cancelCheck=lambda: stop_at in seen)
+    assert seen[-1] == stop_at and scene.GetNumberOfNodes() == count
+
+
+def test_cancel_during_registration_adds_no_transform(scene, phantom, weights_file):
+    nodes = _phantom_nodes(scene, phantom)
+    count = scene.GetNumberOfNodes()
+    calls = [0]
+
+    def cancel():
+        calls[0] += 1
+        return calls[0] > 12  # a few optimizer iterations in
+
+    with pytest.raises(CancelledError):
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
+                                           registration="rigid", cancelCheck=cancel)
+    assert scene.GetNumberOfNodes() == count and calls[0] < 40
+
+
+# ----------------------------------------------------------------- input checks
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batchSize": -1}, "batchSize must be between 0 and 256"),
+    ({"batchSize": 2.5}, "whole number"),
+    ({"ctWindow": 0}, "ctWindow must be between 1"),
+    ({"ctWindow": -150}, "ctWindow must be between 1"),
+    ({"ctLevel": float("nan")}, "ctLevel must be a finite number"),
+    ({"window": float("inf")}, "window must be a finite number"),
+    ({"window": 0}, "window must be between"),
+    ({"level": float("nan")}, "level must be a finite number"),
+])
+def test_numeric_settings_are_validated(scene, phantom, kwargs, message):
+    nodes = _phantom_nodes(scene, phantom)
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(ECFusionError, match=message):
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", **kwargs)
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_parameter_node_values_reach_the_logic_as_given(scene, phantom, weights_file):
+    """CT level 0 HU is 0 (not the default); an out-of-range value stored in the node is refused; without a chosen
+    output every run makes a new node (a previous result is never overwritten silently)."""
+    nodes = _phantom_nodes(scene, phantom)
+    logic = ECFusionSlicerLogic(scene)
+    p = logic.getParameterNode()
+    p.SetNodeReferenceID("anatomicalVolume", nodes["MRI"].GetID())
+    p.SetNodeReferenceID("functionalVolume", nodes["CT"].GetID())
+    for key, value in {"task": "CT-MRI", "device": "cpu", "weightsPath": weights_file, "ctLevel": "0.0"}.items():
+        p.SetParameter(key, value)
+    first = logic.processUsingParameterNode(p)
+    assert json.loads(first.GetAttribute("ECFusion.second_intensity"))["level"] == 0.0
+    second = logic.processUsingParameterNode(p)
+    assert second is not first and node_reference_or_none(p) is None
+    p.SetParameter("ctWindow", "0")
+    with pytest.raises(ECFusionError, match="ctWindow"):
+        logic.processUsingParameterNode(p)
+
+
+def node_reference_or_none(p):
+    from ECFusionSlicerLib.logic import node_reference
+
+    return node_reference(p, "outputVolume")
+
+
+def test_same_volume_twice_is_refused(scene, phantom):
+    nodes = _phantom_nodes(scene, phantom)
+    with pytest.raises(ECFusionError, match="both the anatomical and the functional"):
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["MRI"], task="CT-MRI", device="cpu")
+
+
+def test_first_anatomical_candidate_is_a_grey_image(scene):
+    from ECFusionSlicerLib.logic import first_anatomical_candidate
+
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    label.SetAndObserveImageData(mv.image_data_from_array(np.zeros((4, 4, 4), np.uint8)))
+    add_volume(scene, np.zeros((4, 4, 4, 3), np.uint8), np.eye(4), "RGB photo", vector=True)
+    assert first_anatomical_candidate(scene) is None
+    grey = add_volume(scene, np.zeros((4, 4, 4), np.float32), np.eye(4), "T1")
+    assert first_anatomical_candidate(scene) is grey
+
+
+def test_scene_without_colour_nodes_colours_in_grey(phantom, weights_file):
+    """A bare vtkMRMLScene (no Colors logic): the PET's display node points to a Grey node that does not exist."""
+    scene = slicer.vtkMRMLScene()
+    nodes = {}
+    for key in ("MRI", "PET"):
+        img = phantom[key]
+        m = np.eye(4)
+        m[:3, :3] = mv.RAS_TO_LPS @ np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+        m[:3, 3] = mv.RAS_TO_LPS @ np.array(img.GetOrigin())
+        import SimpleITK as sitk
+
+        nodes[key] = add_volume(scene, sitk.GetArrayFromImage(img), m, key)
+    assert nodes["PET"].GetDisplayNode().GetColorNode() is None
+    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu",
+                                            weightsPath=weights_file)
+    assert json.loads(out.GetAttribute("ECFusion.functional_display"))["colorNode"] == "Grey"
+    arr = mv.array_from_volume(out).astype(int)
+    assert np.abs(arr[..., 0] - arr[..., 1]).max() <= 2  # grey in, grey out
+
+
+def test_new_scene_logs_no_errors():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); from ECFusionSlicerLib import mrml_volumes as mv; "
+            "s = mv.new_scene(); v = mv.volumes_logic(s); print(s.GetFirstNodeByName('PET-Heat') is not None)")
+    res = subprocess.run([sys.executable, "-c", code % str(mv.__file__.rsplit("/ECFusionSlicerLib", 1)[0])],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
+    assert "ERR" not in res.stderr and "WARN" not in res.stderr, res.stderr
+
+
+def test_importing_the_logic_leaves_the_process_settings_alone():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, sys; sys.path.insert(0, %r); import ECFusionSlicerLib.logic; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))") % str(mv.__file__.rsplit("/ECFusionSlicerLib", 1)[0])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None"
+
+
+def test_torch_version_requirement():
+    from ECFusionSlicerLib.logic import torch_version_problem
+
+    assert torch_version_problem("2.13.0+cpu") is None and torch_version_problem("2.6.0") is None
+    assert "needs 2.6" in torch_version_problem("2.5.1+cu121") and torch_version_problem("1.13.1")
