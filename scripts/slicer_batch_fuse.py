@@ -6,15 +6,19 @@ Inside Slicer:   Slicer --no-splash --no-main-window --python-script scripts/sli
 Plain Python:    python scripts/slicer_batch_fuse.py --anatomical A.nrrd --functional B.nrrd --output fused.nrrd
                  (needs `pip install slicer-core`; the same MRML logic runs without the application)
 
+Help: --usage (inside Slicer, -h/--help are Slicer's own options and print Slicer's help).
 Scalar PET/SPECT volumes are coloured with --colormap (default PET-Heat for PET, PET-Rainbow2 for SPECT)
 and --window/--level (default: the robust range ECFusionLib uses), like `ecfusion fuse`.
-Exit codes: 0 success, 2 bad input, 3 weights problem, 130 cancelled, 1 unexpected error.
+Exit codes: 0 success, 2 bad input, 3 weights problem, 130 cancelled (Ctrl-C), 1 unexpected error (with its
+traceback). Inside Slicer the script always ends the application with that code (Slicer does not exit by itself
+after --python-script), also after an unexpected error.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 import uuid
 from pathlib import Path
 
@@ -23,51 +27,111 @@ for extra in (ROOT, ROOT / "ECFusionSlicer"):  # a source checkout: find ECFusio
     if (extra / ("ECFusionLib" if extra == ROOT else "ECFusionSlicerLib")).is_dir() and str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+PROG = "slicer_batch_fuse"
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--anatomical", required=True, help="MRI volume file")
-    p.add_argument("--functional", required=True, help="CT, PET or SPECT volume file")
-    p.add_argument("--output", required=True, help="fused volume file (.nrrd, .nii.gz, .mha)")
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would sys.exit(2): inside Slicer that must go through slicer.util.exit
+        raise UsageError(f"{message} (--usage for help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p.add_argument("--usage", action="store_true", help="print this help and exit")
+    p.add_argument("--anatomical", help="MRI volume file")
+    p.add_argument("--functional", help="CT, PET or SPECT volume file")
+    p.add_argument("--output", help="fused volume file (.nrrd, .nii.gz, .mha); never one of the inputs")
     p.add_argument("--task", help="CT-MRI, PET-MRI or SPECT-MRI (default: detected from the file name)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--colormap", help="PET colour node name, e.g. PET-Heat, PET-Rainbow2, Grey")
+    p.add_argument("--colormap", help="colour node for a scalar PET/SPECT: PET-Heat, PET-Rainbow2, ... or Grey")
     p.add_argument("--window", type=float)
     p.add_argument("--level", type=float)
     p.add_argument("--weights", help="weights file (default: bundled)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if not args.usage:
+        missing = [f"--{name}" for name in ("anatomical", "functional", "output") if not getattr(args, name)]
+        if missing:
+            raise UsageError(f"the following arguments are required: {', '.join(missing)} (--usage for help)")
+    return args
 
 
 def in_slicer_app() -> bool:
-    import slicer
-
+    try:
+        import slicer
+    except ImportError:
+        return False
     return hasattr(slicer, "app") and hasattr(slicer, "mrmlScene")
+
+
+def check_output_is_not_an_input(output: str, inputs: list[str]) -> None:
+    """Refuse an output that is, or would replace, one of the inputs: the same path once resolved (``sub/../x``,
+    symbolic links) or the same file under another name (hard links, os.path.samefile)."""
+    from ECFusionLib.errors import ECFusionError
+
+    out = Path(output)
+    for given in inputs:
+        same = out.resolve() == Path(given).resolve()
+        if not same and out.exists() and Path(given).exists():
+            try:
+                same = os.path.samefile(out, given)
+            except OSError:
+                same = False
+        if same:
+            raise ECFusionError(f"--output {output} is the input {given}: inputs are never overwritten; "
+                                "choose another output file")
+
+
+def colour_node_id(scene, name: str | None, task: str) -> str:
+    """ID of the colour node for a scalar PET/SPECT: a PET colour node (created if missing) or any colour node of
+    the scene by name (Grey, ...); an unknown name is an ECFusionError listing the choices."""
+    from ECFusionLib.colour import DEFAULT_COLORMAP
+    from ECFusionLib.errors import ECFusionError
+    from ECFusionLib.tasks import second_modality
+    from ECFusionSlicerLib import mrml_volumes as mv
+
+    name = name or DEFAULT_COLORMAP[second_modality(task)]
+    node = scene.GetFirstNodeByName(name)
+    if node is not None and node.IsA("vtkMRMLColorNode"):
+        return node.GetID()
+    try:
+        return mv.pet_colour_node(scene, name).GetID()
+    except ValueError:
+        pet = sorted(mv.PET_COLOUR_TYPES)
+        raise ECFusionError(f"unknown --colormap '{name}': use one of {', '.join(pet)}, or the name of a Slicer "
+                            "colour node such as Grey") from None
 
 
 def run(args) -> int:
     import slicer
 
-    from ECFusionLib.colour import DEFAULT_COLORMAP
-    from ECFusionLib.fusion import default_window_level
-    from ECFusionLib.tasks import check_task, second_modality
+    from ECFusionLib.tasks import check_task
     from ECFusionLib.volume_io import check_writable, read_image
     from ECFusionSlicerLib import mrml_volumes as mv
     from ECFusionSlicerLib.logic import ECFusionSlicerLogic
 
+    check_output_is_not_an_input(args.output, [args.anatomical, args.functional])
     check_writable(args.output)
     read_image(args.anatomical, what="anatomical image")  # the same checks and messages as `ecfusion fuse`
     read_image(args.functional, allow_rgb=True, what="functional image")
     scene = slicer.mrmlScene if in_slicer_app() else mv.new_scene()
-    volumes = slicer.vtkSlicerVolumesLogic()
-    volumes.SetMRMLScene(scene)
+    volumes = mv.volumes_logic(scene)  # the application's Volumes logic in Slicer: no "invalid Colors module logic"
     anatomical = volumes.AddArchetypeVolume(args.anatomical, Path(args.anatomical).name.split(".")[0])
     functional = volumes.AddArchetypeVolume(args.functional, Path(args.functional).name.split(".")[0])
     logic = ECFusionSlicerLogic(scene)
     task = check_task(args.task) if args.task else logic.detectTask(functional)
     color_id, window, level = None, args.window, args.level
     if task != "CT-MRI" and functional.GetImageData().GetNumberOfScalarComponents() == 1:
-        color_id = mv.pet_colour_node(scene, args.colormap or DEFAULT_COLORMAP[second_modality(task)]).GetID() \
-            if (args.colormap or "PET").startswith("PET") else scene.GetFirstNodeByName(args.colormap).GetID()
+        from ECFusionLib.fusion import default_window_level
+
+        color_id = colour_node_id(scene, args.colormap, task)
         window, level = default_window_level(mv.array_from_volume(functional), window, level)
     last = [-1]
 
@@ -101,23 +165,53 @@ def save_atomic(node, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from ECFusionLib.errors import ECFusionError
-
+    """Run and return the exit code; never raises (the caller must end the process with the code)."""
     try:
+        from ECFusionLib.errors import ECFusionError
+    except BaseException:  # noqa: BLE001 - a broken installation is an unexpected error too
+        traceback.print_exc()
+        return 1
+    try:
+        args = parse_args(argv)
+        if args.usage:
+            build_parser().print_help()
+            return 0
         return run(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except ECFusionError as exc:
-        print(f"slicer_batch_fuse: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except BaseException:  # noqa: BLE001 - report it, and still end with a code (never leave Slicer running)
+        print(f"{PROG}: unexpected error (please report it with the traceback below):", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+
+
+def finish(code: int) -> None:
+    """End the process with ``code``: through slicer.util.exit inside the Slicer application (which does not exit
+    by itself after --python-script; Base/Python/slicer/util.py exit() sets runPythonAndExit off and calls
+    app.exit, which takes effect when control returns to the event loop), else sys.exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if in_slicer_app():
+        import slicer
+
+        slicer.util.exit(code)
+    else:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
+    exit_code = 1
     try:
-        import slicer
-
-        if in_slicer_app():
-            slicer.util.exit(code)
-    except ImportError:
-        pass
-    sys.exit(code)
+        exit_code = main(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C between main's own handlers
+        print(f"{PROG}: cancelled; nothing was written", file=sys.stderr)
+        exit_code = 130
+    finally:
+        finish(exit_code)

@@ -161,7 +161,12 @@ def colour_table(color_node, n: int = 256) -> np.ndarray:
     """n x 3 (0-1) samples of a colour node over its own range (procedural or table)."""
     stc = color_node.GetScalarsToColors()
     lo, hi = stc.GetRange()
-    return np.array([stc.GetColor(lo + (hi - lo) * i / (n - 1)) for i in range(n)], dtype=np.float32)
+    out = np.empty((n, 3), dtype=np.float32)
+    rgb = [0.0, 0.0, 0.0]
+    for i in range(n):  # GetColor(v, rgb): the form both vtkLookupTable and vtkColorTransferFunction wrap
+        stc.GetColor(lo + (hi - lo) * i / (n - 1), rgb)
+        out[i] = rgb
+    return out
 
 
 def array_from_volume_data(image: vtk.vtkImageData) -> np.ndarray:
@@ -170,6 +175,11 @@ def array_from_volume_data(image: vtk.vtkImageData) -> np.ndarray:
     ncomp = image.GetNumberOfScalarComponents()
     arr = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).copy()
     return arr.reshape((dims[2], dims[1], dims[0]) + ((ncomp,) if ncomp > 1 else ()))
+
+
+# Slicer's PET colour nodes: name -> vtkMRMLPETProceduralColorNode type constant.
+PET_COLOUR_TYPES = {"PET-Heat": "PETheat", "PET-Rainbow": "PETrainbow", "PET-Rainbow2": "PETrainbow2",
+                    "PET-DICOM": "PETDICOM", "PET-HotMetalBlue": "PEThotMetalBlue", "PET-MaximumIntensityProjection": "PETMIP"}
 
 
 def pet_colour_node(scene, name: str):
@@ -181,12 +191,10 @@ def pet_colour_node(scene, name: str):
     node = scene.GetFirstNodeByName(name)
     if node is not None:
         return node
-    types = {"PET-Heat": "PETheat", "PET-Rainbow": "PETrainbow", "PET-Rainbow2": "PETrainbow2",
-             "PET-DICOM": "PETDICOM", "PET-HotMetalBlue": "PEThotMetalBlue", "PET-MaximumIntensityProjection": "PETMIP"}
-    if name not in types:
-        raise ValueError(f"unknown PET colour node '{name}': use one of {', '.join(types)}")
+    if name not in PET_COLOUR_TYPES:
+        raise ValueError(f"unknown PET colour node '{name}': use one of {', '.join(PET_COLOUR_TYPES)}")
     node = slicer.vtkMRMLPETProceduralColorNode()
-    node.SetType(getattr(node, types[name]))
+    node.SetType(getattr(node, PET_COLOUR_TYPES[name]))
     node.SetName(name)
     return scene.AddNode(node)
 
