@@ -40,6 +40,9 @@ def test_top_level_cmake_has_extension_metadata():
     assert icon.GetSize() == (128, 128)
 
 
+BOUND_BY_HAND = {"weightsPath"}  # a ctkPathLineEdit: no str connector in Slicer (test_slicer_gui_contract.py)
+
+
 def _parameter_fields():
     tree = ast.parse((MODULE / "ECFusionSlicer.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ECFusionSlicerParameterNode")
@@ -54,7 +57,7 @@ def test_ui_widgets_bind_to_the_parameter_node_and_logic():
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = w.get("name")
     fields = _parameter_fields()
-    assert set(bound) == fields
+    assert set(bound) | BOUND_BY_HAND == fields
     from ECFusionSlicerLib.logic import PARAMETERS
 
     assert set(PARAMETERS) <= fields
@@ -91,6 +94,7 @@ def test_batch_script_in_plain_python_matches_the_command_line(tmp_path, phantom
                           "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "wrote" in res.stdout
+    assert "ERR|" not in res.stderr  # Colors and Volumes logics set up as in the application
     from ECFusionLib.cli import main
 
     assert main(["fuse", "--anatomical", phantom_files["MRI"], "--functional", phantom_files["PET"], "--task", "PET-MRI",
@@ -131,3 +135,51 @@ def test_logic_parameter_defaults_agree_with_the_widget_wrapper():
         default = ast.literal_eval(node.value)
         kind = type(default)
         assert kind(PARAMETERS[node.target.id]) == default, node.target.id
+
+
+# Slicer/ExtensionsIndex scripts/check_description_files.py (read at 08798e5): ACCEPTED_EXTENSION_CATEGORIES.
+ACCEPTED_EXTENSION_CATEGORIES = [
+    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda", "Converters",
+    "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation", "Filtering",
+    "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "IGT", "Informatics", "Netstim",
+    "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning", "Otolaryngology", "Photogrammetry",
+    "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy", "Registration", "Remote", "Rendering",
+    "SPHARM", "Segmentation", "Sequences", "Shape Analysis", "Shape Regression", "Shape Visualization", "Simulation",
+    "SlicerCMF", "SlicerMorph", "Spectral Imaging", "Supervisely", "Surface Models", "SurfaceLearner",
+    "Tomographic Reconstruction", "Tracking", "Tractography", "Training", "Ultrasound", "Utilities",
+    "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools", "Web System Tools", "Wizards",
+]
+
+
+def test_extension_description_passes_the_index_checks():
+    """What check_description_files.py checks offline: an accepted category; the CMake project named like the
+    description file; icon and screenshot URLs (the check downloads each) that point at files of this repository."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    entry = json.loads((ROOT / "ECFusion.json").read_text())
+    assert entry["category"] in ACCEPTED_EXTENSION_CATEGORIES
+    assert re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', cmake).group(1) == entry["category"]
+    assert re.findall(r"project\s*\(\s*([^\s)]+)", cmake, re.I)[0] == "ECFusion"
+    assert "slicer" in entry["scm_url"].rsplit("/", 1)[-1].lower()
+    icon = re.search(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"\s*\)', cmake).group(1)
+    shots = re.search(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake).group(1).split()
+    assert shots
+    prefix = "https://raw.githubusercontent.com/ecfusion/SlicerECFusion/main/"
+    for url in [icon, *shots]:
+        assert url.startswith(prefix), url
+        path = ROOT / url[len(prefix):]
+        assert path.is_file() and path.suffix in (".png", ".jpg", ".jpeg", ".gif"), url
+    assert (ROOT / "LICENSE").is_file()
+
+
+def test_ecfusionlib_is_installed_once_beside_the_module():
+    """ctkMacroCompilePythonScript installs DESTINATION_DIR *itself* into INSTALL_DIR unless NO_INSTALL_SUBDIR
+    (CTK CMake/ctkMacroCompilePythonScript.cmake: install(DIRECTORY <dir without trailing slash>)), so INSTALL_DIR
+    must be the parent of ECFusionLib, not ECFusionLib itself."""
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    call = re.search(r"ctkMacroCompilePythonScript\((.*?)\)\n", cmake, re.S).group(1)
+    dest = re.search(r"DESTINATION_DIR\s+(\S+)", call).group(1)
+    install = re.search(r"INSTALL_DIR\s+(\S+)", call).group(1)
+    no_subdir = "NO_INSTALL_SUBDIR" in call
+    installed = install if no_subdir else f"{install}/{dest.rsplit('/', 1)[-1]}"
+    assert installed == "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/ECFusionLib", installed
+    assert dest.endswith("/ECFusionLib")
