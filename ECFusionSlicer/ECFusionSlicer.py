@@ -7,18 +7,26 @@ at import or in constructors: PyTorch is checked for, and installed on request, 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Union
 
-import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
-                                           ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
-from ECFusionSlicerLib.logic import (LIMITS, TORCH_MINIMUM, ECFusionSlicerLogic,  # console API: ECFusionSlicer.ECFusionSlicerLogic()
+# Run from a source checkout (Extension Wizard "Select Extension", or the ECFusionSlicer folder added to the
+# additional module paths): Slicer puts this folder on sys.path, ECFusionLib sits one level up. An installed
+# extension has ECFusionLib beside the module already, and this adds nothing.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+if (_CHECKOUT / "ECFusionLib" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
+    sys.path.append(str(_CHECKOUT))
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,  # noqa: E402
+                                           ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin  # noqa: E402
+
+from ECFusionSlicerLib.logic import (LIMITS, TORCH_MINIMUM, ECFusionSlicerLogic,  # noqa: E402 (console API)
                                      first_anatomical_candidate, torch_version_problem)
 
 TORCH_REQUIREMENT = ">=" + ".".join(map(str, TORCH_MINIMUM))
