@@ -284,3 +284,77 @@ def test_parameter_node_written_by_the_logic_is_read_by_the_wrapper(fields):
     assert node_reference(p, "outputVolume") is vec
     p.SetNodeReferenceID("anatomicalVolume", vec.GetID())
     assert node_reference(p, "anatomicalVolume") is vec
+
+
+# ----------------------------------------------------------------- widget behaviour that needs no Qt
+class _Widget(types.SimpleNamespace):
+    pass
+
+
+def _fake_ui():
+    return types.SimpleNamespace(**{name: _Widget(enabled=True, text="", toolTip="", value=0, maximum=1, format="",
+                                                  plainText="")
+                                    for name in ("inputsCollapsibleButton", "advancedCollapsibleButton",
+                                                 "outputsCollapsibleButton", "applyButton", "progressBar")},
+                                 statusLabel=types.SimpleNamespace(appendPlainText=lambda text: None, plainText=""))
+
+
+def test_a_double_click_on_apply_does_not_cancel_and_inputs_are_locked(module, monkeypatch):
+    w = module.ECFusionSlicerWidget.__new__(module.ECFusionSlicerWidget)
+    w.ui, w._parameterNode, w._cancelRequested = _fake_ui(), None, False
+    monkeypatch.setattr(module.slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    w._setRunning(True)
+    assert w.ui.applyButton.text == "Cancel" and w.ui.applyButton.enabled
+    assert not any(getattr(w.ui, s).enabled for s in ("inputsCollapsibleButton", "advancedCollapsibleButton",
+                                                         "outputsCollapsibleButton"))
+    w.onApplyButton()  # the second click of a double-click
+    assert not w._cancelRequested
+    w._startedAt -= module.DOUBLE_CLICK_S + 0.1
+    w.onApplyButton()  # a real Cancel
+    assert w._cancelRequested and w._isCancelled()
+    w._setRunning(False)
+    assert w.ui.applyButton.text == "Apply" and w.ui.inputsCollapsibleButton.enabled
+    assert not w.ui.applyButton.enabled  # no volumes chosen
+
+
+def test_scene_close_cancels_a_run(module, monkeypatch):
+    w = module.ECFusionSlicerWidget.__new__(module.ECFusionSlicerWidget)
+    w.ui, w._parameterNode, w._running, w._cancelRequested = _fake_ui(), None, True, False
+    w.log = lambda text: None
+    w.onSceneStartClose(None, None)
+    assert w._cancelRequested
+
+
+def _fake_app(testing: bool, no_main_window: bool = False):
+    return types.SimpleNamespace(commandOptions=lambda: types.SimpleNamespace(noMainWindow=no_main_window),
+                                 testingEnabled=lambda: testing, processEvents=lambda: None)
+
+
+def test_testing_mode_never_installs_pytorch_and_the_self_test_reports_a_skip(module, monkeypatch):
+    """Item: without torch the self-test must pass with a "skipped" message (Reload and Test calls runTest()
+    directly, where a skipTest counts as a failure), and PyTorchUtils must not install without asking."""
+    def install(**kwargs):
+        raise AssertionError("PyTorch would be installed without asking")
+
+    pytorch_utils = types.ModuleType("PyTorchUtils")
+    pytorch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(installTorch=install)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", pytorch_utils)
+    monkeypatch.setattr(module, "torch_available", lambda: False)
+    monkeypatch.setattr(module.slicer, "app", _fake_app(testing=True), raising=False)
+    monkeypatch.setattr(module.slicer, "mrmlScene", types.SimpleNamespace(Clear=lambda: None), raising=False)
+    assert module.ensure_dependencies(interactive=True) is False
+    test = module.ECFusionSlicerTest()
+    shown = []
+    test.delayDisplay = shown.append
+    test.runTest()
+    assert shown and "skipped" in shown[-1]
+
+
+def test_an_old_torch_is_refused_without_a_main_window(module, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
+    monkeypatch.setattr(module.slicer, "app", _fake_app(testing=False, no_main_window=True), raising=False)
+    monkeypatch.setattr(module, "torch_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # not even looked at
+    assert module.ensure_dependencies(interactive=True) is False
