@@ -135,7 +135,6 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onReload(self):
         """Reload the module's library too ("Reload" alone re-imports only this file)."""
         import importlib
-        import sys
 
         for name in ("ECFusionSlicerLib.mrml_volumes", "ECFusionSlicerLib.logic"):
             if name in sys.modules:
