@@ -162,3 +162,13 @@ def test_grey_colour_node_by_name(tmp_path, phantom_files, weights_file):
 def test_usage_is_printed_with_usage_not_help():
     res = _run("--usage")
     assert res.returncode == 0 and "--anatomical" in res.stdout and "-h/--help are Slicer's own" in res.stdout
+
+
+def test_missing_torch_is_a_clear_error(script, monkeypatch, capsys):
+    def no_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(script, "run", no_torch)
+    assert script.main(["--anatomical", "a.nrrd", "--functional", "b.nrrd", "--output", "o.nrrd"]) == 2
+    err = capsys.readouterr().err
+    assert "'torch' is not installed" in err and "Traceback" not in err

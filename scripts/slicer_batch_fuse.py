@@ -186,7 +186,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: cancelled; nothing was written", file=sys.stderr)
         return 130
-    except BaseException:  # noqa: BLE001 - report it, and still end with a code (never leave Slicer running)
+    except BaseException as exc:  # noqa: BLE001 - report it, and still end with a code (never leave Slicer running)
+        if isinstance(exc, ModuleNotFoundError) and exc.name in ("torch", "slicer", "vtk", "SimpleITK"):
+            where = "the PyTorch extension (Extensions Manager)" if in_slicer_app() else f"pip install {exc.name}"
+            print(f"{PROG}: error: the Python package '{exc.name}' is not installed: install it with {where}",
+                  file=sys.stderr)
+            return 2
         print(f"{PROG}: unexpected error (please report it with the traceback below):", file=sys.stderr)
         traceback.print_exc()
         return 1
