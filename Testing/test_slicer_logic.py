@@ -1,5 +1,6 @@
 """ECFusionSlicerLogic on real MRML scenes built with slicer-core (no Qt, no Slicer application)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -444,17 +445,26 @@ def test_new_scene_logs_no_errors():
     assert "ERR" not in res.stderr and "WARN" not in res.stderr, res.stderr
 
 
-def test_importing_the_logic_leaves_the_process_settings_alone():
+def test_the_logic_leaves_the_process_settings_alone(phantom, weights_file):
+    """Inside Slicer the process is the application's: neither importing the logic nor fusing sets the OpenMP wait
+    policy or tunes the allocator (ECFusionLib.runtime.tune_cpu is for the command line)."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = ("import os, sys; sys.path.insert(0, %r); import ECFusionSlicerLib.logic; "
-            "print(os.environ.get('OMP_WAIT_POLICY'))") % str(mv.__file__.rsplit("/ECFusionSlicerLib", 1)[0])
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "None"
+    code = ("import os, sys; sys.path.insert(0, %r); sys.path.insert(0, %r); import ECFusionSlicerLib.logic; "
+            "from ECFusionSlicerLib import mrml_volumes as mv; from ECFusionSlicerLib.logic import ECFusionSlicerLogic; "
+            "import numpy as np; s = mv.new_scene(); a = s.AddNewNodeByClass('vtkMRMLScalarVolumeNode', 'T1'); "
+            "a.SetAndObserveImageData(mv.image_data_from_array((np.indices((8, 32, 32)).sum(0) * 10).astype(np.float32))); "
+            "a.CreateDefaultDisplayNodes(); b = s.AddNewNodeByClass('vtkMRMLScalarVolumeNode', 'CT'); "
+            "b.SetAndObserveImageData(mv.image_data_from_array((np.indices((8, 32, 32)).sum(0) * 20 - 500).astype(np.float32))); "
+            "b.CreateDefaultDisplayNodes(); ECFusionSlicerLogic(s).process(a, b, task='CT-MRI', device='cpu', weightsPath=%r); "
+            "from ECFusionLib import runtime; print(os.environ.get('OMP_WAIT_POLICY'), runtime._ALLOCATOR_TUNED)"
+            ) % (str(mv.__file__.rsplit("/ECFusionSlicerLib", 1)[0]), str(Path(mv.__file__).parents[2]), weights_file)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "None False"
 
 
 def test_torch_version_requirement():

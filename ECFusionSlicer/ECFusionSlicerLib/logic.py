@@ -17,23 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from typing import Callable
 
 import slicer
 import vtk
 
-# ECFusionLib's package import sets OMP_WAIT_POLICY for the command line's benefit; inside Slicer that would
-# tune OpenMP for the whole application, so a value this process did not have before is removed again
-# (before torch, which reads it, is imported). Process-wide tuning belongs to the command line only.
-_OMP_BEFORE = os.environ.get("OMP_WAIT_POLICY")
-from ECFusionLib.errors import CancelledError, ECFusionError  # noqa: E402
+# Nothing here tunes the process (OpenMP wait policy, allocator): inside Slicer the process is the application's.
+# That is ECFusionLib.runtime.tune_cpu(), which only the command line calls.
+from ECFusionLib.errors import CancelledError, ECFusionError
 
-if _OMP_BEFORE is None:
-    os.environ.pop("OMP_WAIT_POLICY", None)
-
-from . import mrml_volumes as mv  # noqa: E402
+from . import mrml_volumes as mv
 
 MODULE_NAME = "ECFusionSlicer"
 ATTRIBUTE_PREFIX = "ECFusion."
@@ -267,7 +261,6 @@ class ECFusionSlicerLogic:
             img.SetDirection(direction)
             images.append(img)
         phase("Fusing...")
-        _keep_process_settings()
         result = fuse_images(images[0], images[1], settings, model=model, weights_info=weights_info,
                              progress=progressCallback, cancel=cancelCheck)
         phase("Writing the result...")  # a cancel during the last batch still leaves the scene unchanged
@@ -408,11 +401,3 @@ class ECFusionSlicerLogic:
         else:
             sh.CreateItem(parent, node)
 
-
-def _keep_process_settings() -> None:
-    """Keep ECFusionLib from tuning the allocator of the whole Slicer process (glibc mallopt): that tuning is for
-    the command line (ECFusionLib.engine.tune_cpu_allocator runs once per process and checks this flag)."""
-    from ECFusionLib import engine
-
-    if hasattr(engine, "_ALLOCATOR_TUNED"):
-        engine._ALLOCATOR_TUNED = True
