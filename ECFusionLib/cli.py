@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register the functional volume onto the MRI first (mutual information; default none)")
     f.add_argument("--transform", help="an ITK transform file (MRI space -> functional space, e.g. from "
                                       "'ecfusion register') applied before fusion")
+    f.add_argument("--no-keep-salient", dest="keep_salient", action="store_false",
+                   help="do not apply the rule that keeps the CT bone / the hottest PET-SPECT uptake at least as bright as "
+                        "in the source (salient.py; on by default)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("register", help="rigid/affine registration of the functional volume onto the MRI",
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", nargs="*", help="tasks to evaluate (default: all present)")
     e.add_argument("--names", nargs="*", help="only these file stems (e.g. a validation split)")
     e.add_argument("--baselines", action="store_true", help="also score pixel-max and pixel-average fusion")
+    e.add_argument("--checks", action="store_true",
+                   help="also print the image checks: bone_kept (CT-MRI: fused/CT where CT >= 200 and MRI < 100) and "
+                        "hot_kept (PET/SPECT-MRI: fused Y / functional Y over its brightest 1 %%); target >= 0.95")
     e.add_argument("--csv", help="write the per-image metrics to this CSV file")
 
     d = sub.add_parser("demo", help="fuse the bundled digital phantom (MRI + PET) on the CPU")
@@ -258,6 +264,7 @@ def _settings(args, task: str):
     from .fusion import FusionSettings
 
     return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis, precision=args.precision,
+                          keep_salient=args.keep_salient,
                           colormap=args.colormap, window=args.window, level=args.level,
                           ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
 
@@ -318,7 +325,7 @@ def cmd_evaluate(args) -> int:
 
     import numpy as np
 
-    from .metrics import METRICS, all_metrics
+    from .metrics import METRICS, all_metrics, bone_kept, hot_spots_kept
     from .pairs import find_pairs, read_pair
     from .volume_io import read_image
     from .colour import luminance
@@ -338,10 +345,13 @@ def cmd_evaluate(args) -> int:
             candidates.update({"pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2})
         for method, img in candidates.items():
             m = all_metrics(np.rint(a), b, np.rint(img))
+            if args.checks:
+                m["bone_kept"] = bone_kept(np.rint(a), b, np.rint(img)) if pair.task == "CT-MRI" else float("nan")
+                m["hot_kept"] = hot_spots_kept(np.rint(a), np.rint(img)) if pair.task != "CT-MRI" else float("nan")
             bg = (a <= 0.5) & (b <= 0.5)
             m["bg"] = float(img[bg].mean()) if bg.any() else 0.0
             rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
-    names = [*METRICS, "bg"]
+    names = [*METRICS, "bg", *(["bone_kept", "hot_kept"] if args.checks else [])]
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             w = csv.DictWriter(fh, ["task", "name", "method", *names])
@@ -351,8 +361,16 @@ def cmd_evaluate(args) -> int:
     for task in sorted({r["task"] for r in rows}):
         for method in dict.fromkeys(r["method"] for r in rows):
             sel = [r for r in rows if r["task"] == task and r["method"] == method]
-            print(f"{task:10s} {method:14s} " + " ".join(f"{np.mean([r[n] for r in sel]):8.4f}" for n in names))
+            print(f"{task:10s} {method:14s} " + " ".join(f"{_nanmean([r[n] for r in sel]):8.4f}" for n in names))
     return 0
+
+
+def _nanmean(values) -> float:
+    """Mean ignoring NaN (an image check that does not apply, e.g. a slice without bone); NaN if none applies."""
+    import numpy as np
+
+    v = np.asarray(values, float)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
 
 
 def cmd_demo(args) -> int:

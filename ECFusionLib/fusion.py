@@ -20,6 +20,7 @@ from .errors import ECFusionError
 from .geometry import resample_onto, slice_axis
 from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb
 from .registration import alignment_check
+from .salient import keep_salient
 from .tasks import task_spec
 from .volume_io import check_image
 from .weights import load_model
@@ -43,6 +44,7 @@ class FusionSettings:
     weights: str | None = None  # None: the bundled weights of the task
     precision: str = "auto"  # bf16 where the hardware has it, else fp32; or force "fp32" / "bf16" (engine.py)
     as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
+    keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
 
 
 @dataclass
@@ -114,6 +116,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     fused_y, info = fuse_volume(model, sec_u8, mri_u8, axis=axis, device=settings.device,
                                 batch_size=settings.batch_size, progress=progress, cancel=cancel,
                                 precision=settings.precision)
+    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient)  # salient.py
     if rgb is not None:
         out = sitk.GetImageFromArray(recolour(fused_y, rgb), isVector=True)
     else:
@@ -129,6 +132,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
                       "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
         "registration": "given transform" if transform is not None else "none",
+        "keep_salient": bool(settings.keep_salient),
     }
     for key, value in metadata.items():
         out.SetMetaData(METADATA_PREFIX + key, value if isinstance(value, str) else json.dumps(value))

@@ -8,6 +8,9 @@ Conventions (A and B are the sources, F the fused image; all H x W float arrays,
 - ``ssim``: mean of SSIM(A,F) and SSIM(B,F), Gaussian 11x11 window, sigma 1.5, L = 255.
 - ``qcb``: Chen-Blum (DoG contrast-sensitivity filter, local contrast with Gaussians of sigma 2 and 4).
 - ``qcv``: Chen-Varshney (16x16 windows, alpha = 5); lower is better.
+- ``bone_kept`` (CT-MRI), ``hot_spots_kept`` (PET/SPECT-MRI): image checks, fused / source brightness where the
+  source is salient (1.0 = kept, target >= 0.95); ``hot_colour_kept``: 3D check of a pseudocolour hot lesion;
+  ``banding``: slice-to-slice banding (mean |second difference| across slices).
 - ``en`` entropy (bits), ``sd`` standard deviation, ``sf`` spatial frequency, ``ag`` average gradient, of F.
 For PET/SPECT, A is the Y of the functional image and F the Y of the fused RGB image.
 Qcb and Qcv first stretch each image to 0-255 (min-max), as the reference MATLAB code does;
@@ -186,19 +189,27 @@ def _freq_filter(img: np.ndarray, response: np.ndarray) -> np.ndarray:
 
 
 def qcb(a, b, f) -> float:
-    a, b, f = (_stretch(_f64(x)) for x in (a, b, f))
-    h, w = a.shape
+    return _qcb_from_contrast(qcb_contrast(a), qcb_contrast(b), qcb_contrast(f))
+
+
+def qcb_contrast(img) -> np.ndarray:
+    """Chen-Blum masked contrast map of one image (H x W, 0-255): reuse it for A and B when scoring many F."""
+    img = _stretch(_f64(img))
+    h, w = img.shape
     r = _freq_radius(h, w, w / 30.0, h / 30.0)
     csf = np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2))
-    g1, g2 = _gaussian(31, 2.0), _gaussian(31, 4.0)
+    x = _freq_filter(img, csf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.abs(_filter(x, _gaussian(31, 2.0)) / _filter(x, _gaussian(31, 4.0)) - 1)
+        return c**3 / (c**2 + 1e-4)
 
-    def masked_contrast(img):
-        x = _freq_filter(img, csf)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = np.abs(_filter(x, g1) / _filter(x, g2) - 1)
-            return c**3 / (c**2 + 1e-4)
 
-    ca, cb_, cf = masked_contrast(a), masked_contrast(b), masked_contrast(f)
+def qcb_cached(ca: np.ndarray, cb: np.ndarray, f) -> float:
+    """``qcb(a, b, f)`` from the contrast maps ``qcb_contrast(a)``, ``qcb_contrast(b)`` (same value, 1/3 the time)."""
+    return _qcb_from_contrast(ca, cb, qcb_contrast(f))
+
+
+def _qcb_from_contrast(ca, cb_, cf) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         q_af = np.where(ca < cf, ca / cf, cf / ca)
         q_bf = np.where(cb_ < cf, cb_ / cf, cf / cb_)
@@ -245,3 +256,107 @@ def all_metrics(a, b, f, names=METRICS) -> dict[str, float]:
 def beats(candidate: dict[str, float], reference: dict[str, float], names=("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")) -> list[str]:
     """Names of the metrics on which ``candidate`` is better than ``reference``."""
     return [n for n in names if (candidate[n] < reference[n] if n in LOWER_IS_BETTER else candidate[n] > reference[n])]
+
+
+# ---------------------------------------------------------------- image checks (issue 14)
+BONE_CT_LEVEL = 200.0  # CT grey level (8-bit, after the CT window) at or above which a pixel counts as bone ...
+BONE_MRI_LEVEL = 100.0  # ... where the MRI is below this (dark skull on T1)
+HOT_FRACTION = 0.01  # hot spots: the functional image's brightest 1 % (Y)
+
+
+def bone_kept(ct, mri, fused, ct_level: float = BONE_CT_LEVEL, mri_level: float = BONE_MRI_LEVEL) -> float:
+    """CT-MRI "bone kept": mean fused / mean CT over the pixels with CT >= ``ct_level`` and MRI < ``mri_level``.
+
+    Arrays of one shape (2D or 3D), 0-255 (CT after its window, 8-bit grey). 1.0 = the fused image is as bright as
+    the CT in bone (a solid skull); the issue's target is >= 0.95. NaN when no pixel is bone.
+    """
+    ct, mri, fused = _f64(ct), _f64(mri), _f64(fused)
+    mask = (ct >= ct_level) & (mri < mri_level)
+    return float(fused[mask].mean() / ct[mask].mean()) if mask.any() and ct[mask].mean() > 0 else float("nan")
+
+
+def hot_mask(functional_y, fraction: float = HOT_FRACTION) -> np.ndarray:
+    """The functional image's brightest ``fraction`` of pixels (Y >= its (1 - fraction) quantile; ties included).
+    An all-black image has no hot spots (empty mask)."""
+    y = _f64(functional_y)
+    if not (y > 0).any():
+        return np.zeros(y.shape, bool)
+    return (y >= np.quantile(y, 1.0 - fraction)) & (y > 0)
+
+
+def hot_spots_kept(functional_y, fused_y, fraction: float = HOT_FRACTION) -> float:
+    """PET/SPECT-MRI "hot spots kept": mean fused Y / mean functional Y over the functional's brightest ``fraction``.
+
+    ``functional_y``: Y (BT.601, 0-255) of the functional image; ``fused_y``: Y of the fused image; same shape.
+    1.0 = the hottest uptake is as bright in the fused image as in the PET/SPECT; target >= 0.95. NaN if no hot spot.
+    """
+    mask = hot_mask(functional_y, fraction)
+    y = _f64(functional_y)
+    return float(_f64(fused_y)[mask].mean() / y[mask].mean()) if mask.any() else float("nan")
+
+
+def colour_positions(rgb, table, tolerance: float = 20.0) -> np.ndarray:
+    """Read colours back through a colour map: for each RGB (... x 3, 0-255) the position (0-255) of the nearest
+    table entry (``table``: 256 x 3, 0-1), or -1 where no entry is within ``tolerance`` (Euclidean, RGB 0-255).
+
+    A grey (232, 232, 232) hot spot under PET-Heat reads back as -1 (no colour of the map is that grey), the map's
+    white reads back as 255 and its yellow as ~87.
+    """
+    rgb = np.asarray(rgb, np.float32).reshape(-1, 3)
+    lut = np.asarray(table, np.float32) * 255.0
+    out = np.empty(len(rgb), np.int32)
+    for start in range(0, len(rgb), 65536):  # chunks: 65536 x 256 distances at a time
+        chunk = rgb[start:start + 65536]
+        d2 = ((chunk[:, None, :] - lut[None, :, :]) ** 2).sum(-1)
+        pos = d2.argmin(1)
+        out[start:start + 65536] = np.where(d2[np.arange(len(chunk)), pos] <= tolerance**2, pos, -1)
+    return out.reshape(np.shape(rgb)[:-1] if np.ndim(rgb) > 1 else ())
+
+
+def hot_colour_kept(fused_rgb, functional_rgb, table, mask=None, tolerance: float = 20.0, slack: int = 32) -> float:
+    """3D hot-lesion colour check: the fraction of hot voxels whose fused colour still reads as (nearly) as hot.
+
+    ``fused_rgb``, ``functional_rgb``: ... x 3 uint8 (the fused output and the functional image through colour map
+    ``table``, 256 x 3, 0-1, on the same grid); ``mask``: the lesion (default: ``hot_mask`` of the functional Y).
+    A voxel counts as kept when its fused colour reads back through the map (``colour_positions``, within
+    ``tolerance``) at a position >= the functional's own position - ``slack``. With PET-Heat a white lesion that
+    comes out grey (232, 232, 232) reads back as no colour of the map: not kept. 1.0 = every hot voxel is shown hot.
+    """
+    from .colour import luminance
+
+    if mask is None:
+        mask = hot_mask(luminance(functional_rgb))
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return float("nan")
+    f_pos = colour_positions(np.asarray(functional_rgb)[mask], table, tolerance=1e9)  # exact map colours
+    o_pos = colour_positions(np.asarray(fused_rgb)[mask], table, tolerance)
+    return float(np.mean((o_pos >= 0) & (o_pos >= f_pos - slack)))
+
+
+def banding(volume, axis: int = 0, mask=None) -> float:
+    """Slice-to-slice banding: mean |second difference| of ``volume`` (3D, 0-255) along ``axis`` (the slice axis),
+    over ``mask`` (default: voxels whose three neighbours along the axis are not all 0, i.e. not air).
+
+    Compare the fused volume's value with the inputs' (``banding_ratio``): a slice-wise fusion that treats
+    neighbouring slices differently adds second differences the inputs do not have.
+    """
+    v = np.moveaxis(_f64(volume), axis, 0)
+    d2 = np.abs(v[2:] - 2 * v[1:-1] + v[:-2])
+    if mask is None:
+        keep = (v[2:] > 0) | (v[1:-1] > 0) | (v[:-2] > 0)
+    else:
+        keep = np.moveaxis(np.asarray(mask, bool), axis, 0)[1:-1]
+    return float(d2[keep].mean()) if keep.any() else 0.0
+
+
+def banding_ratio(fused, a, b, axis: int = 0) -> dict[str, float]:
+    """Banding of the fused volume and of both inputs along ``axis`` over the same voxels (content in any of the
+    three), and ``ratio`` = fused / max(inputs): above 1 the fusion adds slice-to-slice variation."""
+    vols = [np.moveaxis(_f64(x), axis, 0) for x in (fused, a, b)]
+    content = np.zeros(vols[0].shape, bool)
+    for v in vols:
+        content |= v > 0
+    mask = np.moveaxis(content, 0, axis)
+    f, ba, bb = (banding(v, 0, np.moveaxis(mask, axis, 0)) for v in vols)
+    return {"fused": f, "a": ba, "b": bb, "ratio": f / max(ba, bb) if max(ba, bb) > 0 else float("nan")}

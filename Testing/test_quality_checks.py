@@ -1,0 +1,158 @@
+"""Image checks (bone kept, hot spots kept, hot-lesion colour), slice banding and the keep-salient rule."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ECFusionLib import metrics as M
+from ECFusionLib.colour import colormap_table, luminance, recolour
+from ECFusionLib.salient import RAMP, keep_salient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bone_kept_known_answer():
+    ct = np.zeros((32, 32))
+    mri = np.full((32, 32), 150.0)
+    ct[:, :4] = 250  # bone band, MRI dark there
+    mri[:, :4] = 20
+    ct[:, 30:] = 255  # bright CT under bright MRI: not "bone" for the check
+    fused = np.maximum(ct, mri)
+    fused[:, :4] = 200  # hollow skull: 200 / 250
+    assert M.bone_kept(ct, mri, fused) == pytest.approx(0.8)
+    assert M.bone_kept(ct, mri, np.maximum(ct, mri)) == pytest.approx(1.0)
+    assert np.isnan(M.bone_kept(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))))
+
+
+def test_hot_spots_kept_known_answer():
+    pet = np.zeros((100, 100))
+    pet[:10, :10] = 240  # exactly the brightest 1 %
+    pet[50:, :] = 100
+    fused = pet.copy()
+    fused[:10, :10] = 180
+    assert M.hot_mask(pet).sum() == 100
+    assert M.hot_spots_kept(pet, fused) == pytest.approx(0.75)
+    assert M.hot_spots_kept(pet, pet + 10) > 1.0
+    assert np.isnan(M.hot_spots_kept(np.zeros((10, 10)), np.zeros((10, 10))))
+
+
+def test_colour_positions_read_pet_heat_back():
+    table = colormap_table("PET-Heat")
+    rgb = np.array([[255, 255, 255], [255, 255, 0], [232, 232, 232], [0, 0, 0], [0, 0, 255]], np.uint8)
+    pos = M.colour_positions(rgb, table)
+    assert pos[0] == 255 and abs(pos[1] - 87) <= 1 and pos[3] == 0
+    assert pos[2] == -1 and pos[4] == -1  # grey and blue are no PET-Heat colour
+
+
+def test_hot_colour_kept_flags_a_grey_hot_lesion():
+    table = colormap_table("PET-Heat")
+    idx = np.zeros((20, 20), np.int32)
+    idx[5:10, 5:10] = 255  # white lesion
+    idx[12:, :] = 70
+    pet_rgb = np.rint(table[idx] * 255).astype(np.uint8)
+    y = luminance(pet_rgb)
+    lesion = idx == 255
+    assert M.hot_colour_kept(pet_rgb, pet_rgb, table, lesion) == 1.0
+    grey = recolour(np.where(lesion, 232.0, y), pet_rgb)  # the issue's defect: fused Y 232 under white
+    assert M.hot_colour_kept(grey, pet_rgb, table, lesion) == 0.0
+    assert M.hot_colour_kept(grey, pet_rgb, table) < 0.5  # default mask: the brightest 1 % of the PET's Y
+
+
+def test_banding_known_values():
+    z = np.arange(10, dtype=float)[:, None, None] * np.ones((10, 4, 4))
+    assert M.banding(z * 10) == pytest.approx(0.0)  # a linear ramp across slices has no second difference
+    alt = np.where(np.arange(10) % 2 == 0, 100.0, 110.0)[:, None, None] * np.ones((10, 4, 4))
+    assert M.banding(alt) == pytest.approx(20.0)
+    assert M.banding(np.moveaxis(alt, 0, 2), axis=2) == pytest.approx(20.0)
+    r = M.banding_ratio(alt, z * 10 + 5, np.full_like(z, 50.0))
+    assert r["a"] == pytest.approx(0.0) and r["fused"] == pytest.approx(20.0) and np.isnan(r["ratio"])
+    smooth = 100.0 + z**2  # second difference 2 everywhere
+    r = M.banding_ratio(smooth + alt - 100, smooth, smooth)  # adds a 0/10 alternation across slices
+    assert r["a"] == pytest.approx(2.0) and r["fused"] == pytest.approx(20.0) and r["ratio"] == pytest.approx(10.0)
+
+
+def test_keep_salient_rule():
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    fused = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    out = keep_salient(fused, src, threshold=160)
+    assert out.dtype == np.uint8 and out.shape == fused.shape
+    assert np.all(out >= fused)  # never darkens
+    top = src >= 160 + RAMP
+    assert np.all(out[top] >= src[top])  # fully kept in the top range
+    low = src <= 160
+    assert np.array_equal(out[low], fused[low])  # untouched below the threshold
+    mid = (src == 176) & (fused < 100)  # halfway up the ramp: half the gap
+    if mid.any():
+        np.testing.assert_allclose(out[mid], np.rint(fused[mid] + 0.5 * (176 - fused[mid].astype(float))), atol=1)
+    assert keep_salient(fused, src, "PET-MRI", enabled=False) is fused
+    with pytest.raises(ValueError):
+        keep_salient(fused, src[:10], threshold=100)
+
+
+def test_cv_folds_cover_every_case_once():
+    from ECFusionLib.pairs import find_pairs
+
+    folds = json.loads((ROOT / "ECFusionLib" / "weights" / "cv_folds.json").read_text())["tasks"]
+    for task, v in folds.items():
+        cases = [c for f in v["folds"] for c in f]
+        assert len(cases) == len(set(cases)) and len(v["folds"]) >= 3
+        assert v["folds"][0] == v["bundled_weights_validated_on"]
+        assert sorted(cases) == sorted(v["bundled_weights_trained_on"] + v["bundled_weights_validated_on"])
+    data = ROOT.parent / "shared" / "data" / "aanlib"
+    if data.is_dir():  # only where the data set is present
+        for task, v in folds.items():
+            assert {p.case for p in find_pairs(data, [task])} == {c for f in v["folds"] for c in f}
+
+
+def test_cross_validation_chooses_on_other_folds():
+    import cross_validate as cv
+
+    # synthetic scores: method "salient@1" better than pixel-max on every metric in folds 0 and 1 only
+    rows = []
+    for case, fold_good in (("1", True), ("2", True), ("3", False)):
+        for method in ("ecfusion", "salient@1", "pixel-max", "pixel-average"):
+            good = method == "salient@1" and fold_good
+            m = {k: (1.1 if good else 1.0) for k in cv.SIX}
+            m["Qcv"] = 0.9 if good else 1.0
+            rows.append({"name": case + "000", "case": case, "method": method, **m, "check": 1.0})
+    res = cv.cross_validate(rows, [["1"], ["2"], ["3"]], [1.0])
+    assert res["chosen"] == ["salient@1", "salient@1", "salient@1"]
+    assert res["folds"][2]["ecfusion+rule (CV)"]["MI"] == pytest.approx(1.0)  # scored on the held-out fold
+
+
+@pytest.fixture(scope="module")
+def hot_phantom():
+    """The phantom head at 3 mm: its lesion is the PET's hottest spot, white under PET-Heat at the default window."""
+    from ECFusionLib.fusion import default_window_level
+    from ECFusionLib.geometry import resample_onto
+    from ECFusionLib.intensity import map_functional
+    from ECFusionLib.phantom import LESION, label_volume, make_phantom
+
+    size, spacing = (60, 72, 60), 3.0
+    ph = make_phantom(size=size, seed=3, spacing=spacing)
+    lesion = sitk.GetArrayFromImage(label_volume(size, spacing, 3)) == LESION
+    window, level = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None)
+    rgb, _, _ = map_functional(sitk.GetArrayFromImage(resample_onto(ph["PET"], ph["MRI"])), "PET", None, window, level)
+    return ph, lesion, rgb
+
+
+@pytest.mark.parametrize("weights", ["bundled", "seeded"])
+def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file):
+    """PET-Heat at default settings: with the rule on (default) the lesion's fused colour reads back through the colour
+    map as at least as hot as the PET's (white/pale yellow), whatever the network does; the rule only brightens."""
+    from ECFusionLib.fusion import FusionSettings, fuse_images
+
+    ph, lesion, pet_rgb = hot_phantom
+    assert lesion.sum() > 50 and luminance(pet_rgb)[lesion].mean() > 230  # the lesion is white-hot in the PET
+    table = colormap_table("PET-Heat")
+    w = None if weights == "bundled" else weights_file
+    on = sitk.GetArrayFromImage(fuse_images(ph["MRI"], ph["PET"], FusionSettings(task="PET-MRI", weights=w)).image)
+    off = sitk.GetArrayFromImage(
+        fuse_images(ph["MRI"], ph["PET"], FusionSettings(task="PET-MRI", weights=w, keep_salient=False)).image)
+    kept_on, kept_off = M.hot_colour_kept(on, pet_rgb, table, lesion), M.hot_colour_kept(off, pet_rgb, table, lesion)
+    assert kept_on >= 0.95 and kept_on >= kept_off
+    assert M.hot_spots_kept(luminance(pet_rgb), luminance(on)) >= 0.95
+    assert np.all(luminance(on) >= luminance(off) - 1.0)

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Cross-validate fusion over whole AANLIB cases: the six metrics and the image checks, per task, per fold and
+mean ± spread (standard deviation over folds), for ECFusion (with and without the keep-salient rule), pixel-max
+and pixel-average; and the keep-salient threshold chosen by cross-validation (chosen on the other folds, scored
+on the held-out fold).
+
+    python scripts/cross_validate.py --data ../shared/data/aanlib --cache /tmp/ecf-cv [--weights W.pt] [--workers 2]
+
+Folds: ``ECFusionLib/weights/cv_folds.json`` (fixed; fold 0 = the cases the bundled weights were selected on and
+never trained on; the bundled weights were trained on every other fold, so their numbers there are optimistic).
+Every image is fused once by ``ecfusion fuse --input-dir ... --no-keep-salient`` (as a user would: bf16 where the
+CPU has it, air skipping), reading the data in place; the fused PNGs and the per-image scores are cached under
+``--cache`` (delete it, or use another, after changing weights). The rule is then applied to the cached fused Y
+(``salient.keep_salient``), which is what ``ecfusion fuse`` does with it on (the recoloured output's Y equals the
+fused Y within 0.5 grey level).
+Image checks: CT-MRI "bone" = ``metrics.bone_kept``; PET/SPECT-MRI "hot" = ``metrics.hot_spots_kept`` (target >= 0.95).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+FOLDS_FILE = ROOT / "ECFusionLib" / "weights" / "cv_folds.json"
+SIX = ("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")
+THRESHOLDS = (96.0, 128.0, 160.0, 192.0, 224.0)
+CHECK_TARGET = 0.95
+
+
+def load_folds(path=FOLDS_FILE) -> dict[str, list[list[str]]]:
+    """{task: [[case, ...] per fold]} from the fixed folds file."""
+    data = json.loads(Path(path).read_text())
+    return {task: v["folds"] for task, v in data["tasks"].items()}
+
+
+def check_name(task: str) -> str:
+    return "bone" if task == "CT-MRI" else "hot"
+
+
+def score_image(job) -> list[dict]:
+    """All methods on one pair: rows {name, method, six metrics, check}. ``job`` = (pair, fused_png, thresholds)."""
+    import SimpleITK as sitk
+
+    from ECFusionLib import metrics as M
+    from ECFusionLib.colour import luminance
+    from ECFusionLib.pairs import read_pair
+    from ECFusionLib.salient import keep_salient
+
+    pair, fused_png, thresholds = job
+    a, b, _ = read_pair(pair)
+    a = np.rint(a)
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(fused_png)))
+    f = np.rint(luminance(fused) if fused.ndim == 3 else fused.astype(np.float32))
+    methods = {"ecfusion": f, "pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2}
+    for t in thresholds:
+        methods[f"salient@{t:g}"] = keep_salient(f, a, threshold=t)
+    ca, cb = M.qcb_contrast(a), M.qcb_contrast(b)
+    rows = []
+    for method, img in methods.items():
+        img = np.rint(img)
+        row = {"name": pair.name, "case": pair.case, "method": method,
+               "MI": M.mi(a, b, img), "Qabf": M.qabf(a, b, img), "VIF": M.vif(a, b, img), "SSIM": M.ssim(a, b, img),
+               "Qcb": M.qcb_cached(ca, cb, img), "Qcv": M.qcv(a, b, img)}
+        row["check"] = M.bone_kept(a, b, img) if pair.task == "CT-MRI" else M.hot_spots_kept(a, img)
+        rows.append(row)
+    return rows
+
+
+def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
+    """Fuse every pair of ``task`` into cache/fused/<task>/ with `ecfusion fuse` (rule off); returns seconds."""
+    cmd = [sys.executable, "-m", "ECFusionLib.cli", "fuse", "--input-dir", str(data), "--task", task,
+           "--output", str(cache / "fused"), "--no-keep-salient", "--quiet"]
+    if weights:
+        cmd += ["--weights", weights]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.time() - t0
+
+
+def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, thresholds) -> tuple[list[dict], dict]:
+    from ECFusionLib.pairs import find_pairs
+
+    pairs = find_pairs(data, [task])
+    fused_dir = cache / "fused" / task
+    timing = json.loads((cache / "timing.json").read_text()) if (cache / "timing.json").is_file() else {}
+    if not all((fused_dir / f"{p.name}.png").is_file() for p in pairs):
+        secs = fuse_task(data, task, cache, weights)
+        timing[task] = {"fuse_s": round(secs, 1), "images": len(pairs), "s_per_image": round(secs / len(pairs), 3)}
+        (cache / "timing.json").write_text(json.dumps(timing, indent=1))
+    scores = cache / f"scores_{task}.csv"
+    wanted = {"ecfusion", "pixel-max", "pixel-average", *(f"salient@{t:g}" for t in thresholds)}
+    if scores.is_file():
+        with open(scores) as fh:
+            rows = [{k: (v if k in ("name", "case", "method") else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
+        if {r["method"] for r in rows} >= wanted and len({r["name"] for r in rows}) == len(pairs):
+            return [r for r in rows if r["method"] in wanted], timing.get(task, {})
+    jobs = [(p, fused_dir / f"{p.name}.png", tuple(thresholds)) for p in pairs]
+    t0 = time.time()
+    if workers > 1:
+        from multiprocessing import Pool
+
+        with Pool(workers) as pool:
+            rows = [r for rs in pool.imap(score_image, jobs, chunksize=4) for r in rs]
+    else:
+        rows = [r for job in jobs for r in score_image(job)]
+    print(f"{task}: scored {len(pairs)} images in {time.time() - t0:.0f} s", file=sys.stderr)
+    with open(scores, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["name", "case", "method", *SIX, "check"])
+        w.writeheader()
+        w.writerows(rows)
+    return rows, timing.get(task, {})
+
+
+def mean_over(rows: list[dict], method: str, cases, keys=(*SIX, "check")) -> dict[str, float]:
+    """Mean per key over the images of ``cases`` for ``method`` (NaN checks, e.g. no bone in a slice, skipped)."""
+    sel = [r for r in rows if r["method"] == method and r["case"] in set(cases)]
+    return {k: float(np.nanmean([r[k] for r in sel])) if sel else float("nan") for k in keys}
+
+
+def n_better(cand: dict, ref: dict) -> tuple[int, float]:
+    """(metrics of the six better than ``ref``, mean relative margin over the six)."""
+    from ECFusionLib.metrics import LOWER_IS_BETTER
+
+    wins, margins = 0, []
+    for k in SIX:
+        rel = (cand[k] - ref[k]) / abs(ref[k]) if ref[k] else 0.0
+        rel = -rel if k in LOWER_IS_BETTER else rel
+        wins += rel > 0
+        margins.append(rel)
+    return wins, float(np.mean(margins))
+
+
+def choose(rows: list[dict], cases, candidates) -> str:
+    """The candidate with the best (six metrics beating pixel-max + 1 if the image check >= 0.95, mean relative
+    margin over pixel-max), on the images of ``cases``."""
+    ref = mean_over(rows, "pixel-max", cases)
+
+    def key(method):
+        m = mean_over(rows, method, cases)
+        wins, margin = n_better(m, ref)
+        return wins + (m["check"] >= CHECK_TARGET), margin
+
+    return max(candidates, key=key)
+
+
+def cross_validate(rows: list[dict], folds: list[list[str]], thresholds) -> dict:
+    """Per fold: each fixed method's means, and the rule's threshold chosen on the other folds and scored here."""
+    candidates = ["ecfusion", *(f"salient@{t:g}" for t in thresholds)]
+    out = {"folds": [], "chosen": []}
+    for k, held in enumerate(folds):
+        train = [c for j, f in enumerate(folds) if j != k for c in f]
+        pick = choose(rows, train, candidates)
+        per = {m: mean_over(rows, m, held) for m in ("ecfusion", "pixel-max", "pixel-average", *candidates[1:])}
+        per["ecfusion+rule (CV)"] = per[pick]
+        out["folds"].append(per)
+        out["chosen"].append(pick)
+    out["chosen_on_all"] = choose(rows, [c for f in folds for c in f], candidates)
+    return out
+
+
+def fmt(vals) -> str:
+    vals = np.asarray(vals, float)
+    return f"{np.nanmean(vals):.3f} ± {np.nanstd(vals):.3f}" if np.abs(np.nanmean(vals)) < 100 else f"{np.nanmean(vals):.1f} ± {np.nanstd(vals):.1f}"
+
+
+def report(task: str, cv: dict, timing: dict, folds) -> str:
+    """Markdown: the fold-mean table (mean ± spread over folds) and the per-fold table."""
+    chk = check_name(task)
+    methods = ["ecfusion", "ecfusion+rule (CV)", "pixel-max", "pixel-average"]
+    lines = [f"### {task} ({len(folds)} folds; rule threshold chosen per fold: {', '.join(cv['chosen'])}; "
+             f"on all folds: {cv['chosen_on_all']})", "",
+             f"| method | {' | '.join(SIX)} | {chk} kept | beats pixel-max on (fold means) |",
+             "|---|" + "---|" * (len(SIX) + 2)]
+    for m in methods:
+        per = [f[m] for f in cv["folds"]]
+        avg = {k: float(np.nanmean([p[k] for p in per])) for k in (*SIX, "check")}
+        ref = {k: float(np.nanmean([f["pixel-max"][k] for f in cv["folds"]])) for k in SIX}
+        wins = n_better(avg, ref)[0] if m.startswith("ecfusion") else ""
+        lines.append(f"| {m} | " + " | ".join(fmt([p[k] for p in per]) for k in (*SIX, "check")) + f" | {wins} |")
+    lines += ["", f"Per fold (fold 0 = the bundled weights' own validation cases; the others were in their training):", "",
+              f"| fold (cases) | method | {' | '.join(SIX)} | {chk} kept |", "|---|---|" + "---|" * (len(SIX) + 1)]
+    for k, (f, cases) in enumerate(zip(cv["folds"], folds)):
+        for m in methods:
+            lines.append(f"| {k} ({' '.join(cases)}) | {m} | " + " | ".join(f"{f[m][x]:.4g}" for x in (*SIX, "check")) + " |")
+    if timing:
+        lines += ["", f"Fusing: {timing.get('images')} images in {timing.get('fuse_s')} s "
+                      f"({timing.get('s_per_image')} s per 256x256 image incl. start-up and PNG I/O)."]
+    return "\n".join(lines)
+
+
+def threshold_table(task: str, rows: list[dict], thresholds) -> str:
+    """Mean over all images of the task, per rule threshold (for reading, not for choosing)."""
+    lines = [f"| {task}: method (all images) | {' | '.join(SIX)} | check |", "|---|" + "---|" * (len(SIX) + 1)]
+    cases = sorted({r["case"] for r in rows})
+    for m in ("ecfusion", *(f"salient@{t:g}" for t in thresholds), "pixel-max"):
+        mm = mean_over(rows, m, cases)
+        lines.append(f"| {m} | " + " | ".join(f"{mm[k]:.4g}" for k in (*SIX, "check")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="AANLIB folder (read in place)")
+    p.add_argument("--cache", required=True, help="folder for fused PNGs and per-image scores (outside the repository)")
+    p.add_argument("--tasks", nargs="*", default=["CT-MRI", "PET-MRI", "SPECT-MRI"])
+    p.add_argument("--weights", help="weights file (default: the bundled weights); use a fresh --cache per weights")
+    p.add_argument("--folds", default=str(FOLDS_FILE))
+    p.add_argument("--thresholds", nargs="*", type=float, default=list(THRESHOLDS), help="keep-salient thresholds to try")
+    p.add_argument("--workers", type=int, default=1, help="scoring processes (1 thread each)")
+    p.add_argument("--json", help="write the fold results here")
+    args = p.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    folds = load_folds(args.folds)
+    results = {}
+    for task in args.tasks:
+        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, args.thresholds)
+        cv = cross_validate(rows, folds[task], args.thresholds)
+        results[task] = cv
+        print(report(task, cv, timing, folds[task]), "\n")
+        print(threshold_table(task, rows, args.thresholds), "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
