@@ -116,7 +116,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     fused_y, info = fuse_volume(model, sec_u8, mri_u8, axis=axis, device=settings.device,
                                 batch_size=settings.batch_size, progress=progress, cancel=cancel,
                                 precision=settings.precision)
-    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient)  # salient.py
+    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient, anatomical=mri_u8)  # salient.py
     if rgb is not None:
         out = sitk.GetImageFromArray(recolour(fused_y, rgb), isVector=True)
     else:

@@ -88,6 +88,14 @@ def test_keep_salient_rule():
     if mid.any():
         np.testing.assert_allclose(out[mid], np.rint(fused[mid] + 0.5 * (176 - fused[mid].astype(float))), atol=1)
     assert keep_salient(fused, src, "PET-MRI", enabled=False) is fused
+    mri = np.zeros_like(src)
+    mri[:, 32:] = 200
+    dark = keep_salient(fused, src, anatomical=mri, threshold=160, dark=30)
+    assert np.array_equal(dark[:, 32:], fused[:, 32:])  # CT-MRI condition: bright MRI keeps the network's value
+    left = top[:, :32]
+    assert np.all(dark[:, :32][left] >= src[:, :32][left])  # dark MRI (<= 30): the bright source is kept
+    with pytest.raises(ValueError):
+        keep_salient(fused, src, threshold=160, dark=30)  # the condition needs the MRI
     with pytest.raises(ValueError):
         keep_salient(fused, src[:10], threshold=100)
 
@@ -118,7 +126,7 @@ def test_cross_validation_chooses_on_other_folds():
             m = {k: (1.1 if good else 1.0) for k in cv.SIX}
             m["Qcv"] = 0.9 if good else 1.0
             rows.append({"name": case + "000", "case": case, "method": method, **m, "check": 1.0})
-    res = cv.cross_validate(rows, [["1"], ["2"], ["3"]], [1.0])
+    res = cv.cross_validate(rows, [["1"], ["2"], ["3"]], ["ecfusion", "pixel-max", "pixel-average", "salient@1"])
     assert res["chosen"] == ["salient@1", "salient@1", "salient@1"]
     assert res["folds"][2]["ecfusion+rule (CV)"]["MI"] == pytest.approx(1.0)  # scored on the held-out fold
 

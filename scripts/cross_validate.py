@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cross-validate fusion over whole AANLIB cases: the six metrics and the image checks, per task, per fold and
 mean ± spread (standard deviation over folds), for ECFusion (with and without the keep-salient rule), pixel-max
-and pixel-average; and the keep-salient threshold chosen by cross-validation (chosen on the other folds, scored
+and pixel-average; and the keep-salient rule's parameters chosen by cross-validation (chosen on the other folds, scored
 on the held-out fold).
 
     python scripts/cross_validate.py --data ../shared/data/aanlib --cache /tmp/ecf-cv [--weights W.pt] [--workers 2]
@@ -34,7 +34,9 @@ import numpy as np  # noqa: E402
 
 FOLDS_FILE = ROOT / "ECFusionLib" / "weights" / "cv_folds.json"
 SIX = ("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")
-THRESHOLDS = (96.0, 128.0, 160.0, 192.0, 224.0)
+THRESHOLDS = (128.0, 160.0, 192.0)
+DARK = (10.0, 20.0, 30.0, 50.0)  # CT-MRI only: the rule's MRI condition (salient.py)
+BASE = ("ecfusion", "pixel-max", "pixel-average")
 CHECK_TARGET = 0.95
 
 
@@ -48,23 +50,44 @@ def check_name(task: str) -> str:
     return "bone" if task == "CT-MRI" else "hot"
 
 
+def variant_name(threshold: float, dark: float | None) -> str:
+    return f"salient@{threshold:g}" + ("" if dark is None else f"/dark{dark:g}")
+
+
+def variants(task: str, thresholds, dark) -> list[tuple[float, float | None]]:
+    """(threshold, dark) pairs tried for ``task``: the MRI condition only for CT-MRI."""
+    return [(t, d) for t in thresholds for d in ([None, *dark] if task == "CT-MRI" else [None])]
+
+
+def apply_variant(method: str, f, a, b):
+    """The fused Y of ``method`` (a base method or a ``variant_name``) from the network's f and sources a, b."""
+    from ECFusionLib.salient import keep_salient
+
+    if method == "ecfusion":
+        return f
+    if method == "pixel-max":
+        return np.maximum(a, b)
+    if method == "pixel-average":
+        return (a + b) / 2
+    spec = method.split("@", 1)[1].split("/dark")
+    return keep_salient(f, a, anatomical=b, threshold=float(spec[0]), dark=float(spec[1]) if len(spec) > 1 else None)
+
+
 def score_image(job) -> list[dict]:
-    """All methods on one pair: rows {name, method, six metrics, check}. ``job`` = (pair, fused_png, thresholds)."""
+    """The given methods on one pair: rows {name, case, method, six metrics, check}.
+    ``job`` = (pair, fused_png, method names)."""
     import SimpleITK as sitk
 
     from ECFusionLib import metrics as M
     from ECFusionLib.colour import luminance
     from ECFusionLib.pairs import read_pair
-    from ECFusionLib.salient import keep_salient
 
-    pair, fused_png, thresholds = job
+    pair, fused_png, names = job
     a, b, _ = read_pair(pair)
     a = np.rint(a)
     fused = sitk.GetArrayFromImage(sitk.ReadImage(str(fused_png)))
     f = np.rint(luminance(fused) if fused.ndim == 3 else fused.astype(np.float32))
-    methods = {"ecfusion": f, "pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2}
-    for t in thresholds:
-        methods[f"salient@{t:g}"] = keep_salient(f, a, threshold=t)
+    methods = {m: apply_variant(m, f, a, b) for m in names}
     ca, cb = M.qcb_contrast(a), M.qcb_contrast(b)
     rows = []
     for method, img in methods.items():
@@ -88,7 +111,8 @@ def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
     return time.time() - t0
 
 
-def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, thresholds) -> tuple[list[dict], dict]:
+def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, names) -> tuple[list[dict], dict]:
+    """Per-image rows for every method in ``names``; cached in cache/scores_<task>.csv (only missing ones computed)."""
     from ECFusionLib.pairs import find_pairs
 
     pairs = find_pairs(data, [task])
@@ -99,27 +123,30 @@ def score_task(data: Path, task: str, cache: Path, weights: str | None, workers:
         timing[task] = {"fuse_s": round(secs, 1), "images": len(pairs), "s_per_image": round(secs / len(pairs), 3)}
         (cache / "timing.json").write_text(json.dumps(timing, indent=1))
     scores = cache / f"scores_{task}.csv"
-    wanted = {"ecfusion", "pixel-max", "pixel-average", *(f"salient@{t:g}" for t in thresholds)}
+    wanted = set(names)
+    rows = []
     if scores.is_file():
         with open(scores) as fh:
             rows = [{k: (v if k in ("name", "case", "method") else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
-        if {r["method"] for r in rows} >= wanted and len({r["name"] for r in rows}) == len(pairs):
-            return [r for r in rows if r["method"] in wanted], timing.get(task, {})
-    jobs = [(p, fused_dir / f"{p.name}.png", tuple(thresholds)) for p in pairs]
+    have = {(r["name"], r["method"]) for r in rows}
+    jobs = [(p, fused_dir / f"{p.name}.png", tuple(m for m in names if (p.name, m) not in have)) for p in pairs]
+    jobs = [j for j in jobs if j[2]]
+    if not jobs:
+        return [r for r in rows if r["method"] in wanted], timing.get(task, {})
     t0 = time.time()
     if workers > 1:
         from multiprocessing import Pool
 
         with Pool(workers) as pool:
-            rows = [r for rs in pool.imap(score_image, jobs, chunksize=4) for r in rs]
+            rows += [r for rs in pool.imap(score_image, jobs, chunksize=4) for r in rs]
     else:
-        rows = [r for job in jobs for r in score_image(job)]
-    print(f"{task}: scored {len(pairs)} images in {time.time() - t0:.0f} s", file=sys.stderr)
+        rows += [r for job in jobs for r in score_image(job)]
+    print(f"{task}: scored {len(jobs)} images in {time.time() - t0:.0f} s", file=sys.stderr)
     with open(scores, "w", newline="") as fh:
         w = csv.DictWriter(fh, ["name", "case", "method", *SIX, "check"])
         w.writeheader()
         w.writerows(rows)
-    return rows, timing.get(task, {})
+    return [r for r in rows if r["method"] in wanted], timing.get(task, {})
 
 
 def mean_over(rows: list[dict], method: str, cases, keys=(*SIX, "check")) -> dict[str, float]:
@@ -154,9 +181,9 @@ def choose(rows: list[dict], cases, candidates) -> str:
     return max(candidates, key=key)
 
 
-def cross_validate(rows: list[dict], folds: list[list[str]], thresholds) -> dict:
-    """Per fold: each fixed method's means, and the rule's threshold chosen on the other folds and scored here."""
-    candidates = ["ecfusion", *(f"salient@{t:g}" for t in thresholds)]
+def cross_validate(rows: list[dict], folds: list[list[str]], names) -> dict:
+    """Per fold: each method's means, and the rule variant (or none) chosen on the other folds and scored here."""
+    candidates = ["ecfusion", *(m for m in names if m.startswith("salient@"))]
     out = {"folds": [], "chosen": []}
     for k, held in enumerate(folds):
         train = [c for j, f in enumerate(folds) if j != k for c in f]
@@ -199,11 +226,11 @@ def report(task: str, cv: dict, timing: dict, folds) -> str:
     return "\n".join(lines)
 
 
-def threshold_table(task: str, rows: list[dict], thresholds) -> str:
+def threshold_table(task: str, rows: list[dict], names) -> str:
     """Mean over all images of the task, per rule threshold (for reading, not for choosing)."""
     lines = [f"| {task}: method (all images) | {' | '.join(SIX)} | check |", "|---|" + "---|" * (len(SIX) + 1)]
     cases = sorted({r["case"] for r in rows})
-    for m in ("ecfusion", *(f"salient@{t:g}" for t in thresholds), "pixel-max"):
+    for m in ("ecfusion", *(m for m in names if m.startswith("salient@")), "pixel-max"):
         mm = mean_over(rows, m, cases)
         lines.append(f"| {m} | " + " | ".join(f"{mm[k]:.4g}" for k in (*SIX, "check")) + " |")
     return "\n".join(lines)
@@ -217,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="weights file (default: the bundled weights); use a fresh --cache per weights")
     p.add_argument("--folds", default=str(FOLDS_FILE))
     p.add_argument("--thresholds", nargs="*", type=float, default=list(THRESHOLDS), help="keep-salient thresholds to try")
+    p.add_argument("--dark", nargs="*", type=float, default=list(DARK),
+                   help="CT-MRI: MRI levels of the rule's dark-MRI condition to try (besides none)")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (1 thread each)")
     p.add_argument("--json", help="write the fold results here")
     args = p.parse_args(argv)
@@ -225,11 +254,12 @@ def main(argv=None) -> int:
     folds = load_folds(args.folds)
     results = {}
     for task in args.tasks:
-        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, args.thresholds)
-        cv = cross_validate(rows, folds[task], args.thresholds)
+        names = [*BASE, *(variant_name(t, d) for t, d in variants(task, args.thresholds, args.dark))]
+        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, names)
+        cv = cross_validate(rows, folds[task], names)
         results[task] = cv
-        print(report(task, cv, timing, folds[task]), "\n")
-        print(threshold_table(task, rows, args.thresholds), "\n")
+        print(report(task, cv, timing, folds[task]), "\n", flush=True)
+        print(threshold_table(task, rows, names), "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
