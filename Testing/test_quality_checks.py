@@ -164,3 +164,28 @@ def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file)
     assert kept_on >= 0.95 and kept_on >= kept_off
     assert M.hot_spots_kept(luminance(pet_rgb), luminance(on)) >= 0.95
     assert np.all(luminance(on) >= luminance(off) - 1.0)
+
+
+def test_evaluate_prints_the_image_checks(tmp_path, capsys):
+    """`ecfusion evaluate --checks`: bone_kept of a fused image that keeps 80 % of the CT's bone brightness is 0.8."""
+    from ECFusionLib.cli import main
+
+    ct = np.zeros((48, 48), np.uint8)
+    mri = np.full((48, 48), 150, np.uint8)
+    ct[:, :6], mri[:, :6] = 250, 10  # bone band: bright CT, dark MRI
+    fused = np.maximum(ct, mri)
+    fused[:, :6] = 200
+    for sub, img in (("CT-MRI/CT", ct), ("CT-MRI/MRI", mri)):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        sitk.WriteImage(sitk.GetImageFromArray(img), str(tmp_path / "pairs" / sub / "5001.png"))
+    (tmp_path / "fused" / "CT-MRI").mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(fused), str(tmp_path / "fused" / "CT-MRI" / "5001.png"))
+    assert main(["evaluate", "--input-dir", str(tmp_path / "pairs"), "--fused", str(tmp_path / "fused"),
+                 "--baselines", "--checks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    col = header.index("bone_kept")  # header and rows both start with task, method
+    values = {ln.split()[1]: float(ln.split()[col]) for ln in lines[1:]}
+    assert values["ecfusion"] == pytest.approx(0.8, abs=1e-3)
+    assert values["pixel-max"] == pytest.approx(1.0)
+    assert "hot_kept" in header
