@@ -27,7 +27,7 @@ from .tasks import check_task
 RAMP = 32.0  # grey levels over which the rule fades in above the threshold
 # Per task (cross-validated): source grey level (0-255) above which the rule starts (None = off), and the MRI
 # grey level below which it applies (None = anywhere).
-DEFAULT_THRESHOLDS: dict[str, float | None] = {"CT-MRI": 160.0, "PET-MRI": 160.0, "SPECT-MRI": 160.0}
+DEFAULT_THRESHOLDS: dict[str, float | None] = {"CT-MRI": 128.0, "PET-MRI": 208.0, "SPECT-MRI": 160.0}
 DEFAULT_DARK: dict[str, float | None] = {"CT-MRI": 30.0, "PET-MRI": None, "SPECT-MRI": None}
 
 
