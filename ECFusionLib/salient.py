@@ -15,8 +15,10 @@ The MRI condition is for CT-MRI: where the CT is bone but the MRI bright (marrow
 network's MRI detail is kept, which is what the edge metrics reward (measured: the rule without it costs CT-MRI
 0.055 Qabf; see the model card). With the functional Y restored, the colour
 put back by ``colour.recolour`` is the functional image's own colour (its Y and chroma), so the hot spot keeps its
-colour-map colour. Thresholds per task were chosen by 5-fold (3 for PET-MRI) cross-validation over whole AANLIB
-cases (``scripts/cross_validate.py``; the model card has the table); ``None`` switches the rule off.
+colour-map colour. CT-MRI (threshold 128, dark 30) and SPECT-MRI (128) were chosen by cross-validation over whole
+AANLIB cases (``scripts/cross_validate.py``, folds in ``weights/cv_folds.json``); PET-MRI's 208 is the highest
+threshold that keeps a white PET-Heat lesion's colour in 3D (``metrics.hot_colour_kept``; 224 does not), at no
+loss of metrics won in cross-validation. The model card has the numbers.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .tasks import check_task
 RAMP = 32.0  # grey levels over which the rule fades in above the threshold
 # Per task (cross-validated): source grey level (0-255) above which the rule starts (None = off), and the MRI
 # grey level below which it applies (None = anywhere).
-DEFAULT_THRESHOLDS: dict[str, float | None] = {"CT-MRI": 128.0, "PET-MRI": 208.0, "SPECT-MRI": 160.0}
+DEFAULT_THRESHOLDS: dict[str, float | None] = {"CT-MRI": 128.0, "PET-MRI": 208.0, "SPECT-MRI": 128.0}
 DEFAULT_DARK: dict[str, float | None] = {"CT-MRI": 30.0, "PET-MRI": None, "SPECT-MRI": None}
 
 
