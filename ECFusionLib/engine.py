@@ -16,10 +16,11 @@ Fast paths (``fast=True``, the default):
 - on the CPU, the model's own fused path when its architecture has one (``cpu_runner``, e.g.
   ``network.FusedECFusion``: fused oneDNN kernels, weights cast once), else its forward pass; on CUDA, autocast;
 - channels_last memory layout;
-- air skipping: each batch is cropped to the bounding box of content in either input (voxels above
+- air skipping: each slice is cropped to the bounding box of its content in either input (voxels above
   ``AIR_LEVEL`` grey levels), grown by ``MARGIN`` pixels and rounded up to the network's multiple of 16;
-  slices with no content are not computed. Outside the box the output is the pixel-wise maximum of the
-  inputs (at most ``AIR_LEVEL``: air stays air).
+  slices with no content are not computed. The box is the slice's own (not the batch's), so the output does
+  not depend on the batch size; slices of a batch whose boxes have one size are computed together. Outside
+  the box the output is the pixel-wise maximum of the inputs (at most ``AIR_LEVEL``: air stays air).
 ``fast=False`` is the reference: the plain forward pass, fp32, full slices. The two agree to a few grey levels
 (see the tests and scripts/benchmark.py).
 Process-wide CPU tuning (OpenMP wait policy, allocator) is not done here: see ``runtime.tune_cpu``.
@@ -280,17 +281,29 @@ def fuse_volume(predictor: torch.nn.Module | Runner | Predict, second: np.ndarra
 
 
 def _run_cropped(net: Predict, a: np.ndarray, b: np.ndarray, dev: torch.device):
-    """Air skipping: run the network on the slices with content, cropped to their common content box.
-    Returns (k x H x W uint8, slices computed, box area as a fraction of the slice)."""
+    """Air skipping: run the network on the slices with content, each cropped to ITS OWN content box, so that
+    a slice's result never depends on which slices share its batch (``--batch-size`` does not change the
+    output). Slices whose boxes have the same size go through the network together.
+    Returns (k x H x W uint8, slices computed, mean box area of those slices as a fraction of the slice)."""
     out = np.maximum(a, b)
     mask = out > AIR_LEVEL  # = (a > AIR_LEVEL) | (b > AIR_LEVEL)
-    keep = np.flatnonzero(mask.reshape(len(a), -1).any(axis=1))
-    if len(keep) == 0:
+    groups: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    for i in range(len(a)):
+        box = _mask_box(mask[i : i + 1])  # depends on slice i only
+        if box is not None:
+            groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((i, box))
+    computed, area = 0, 0
+    for (h, w), members in groups.items():
+        ca = np.stack([a[i, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in members])
+        cb = np.stack([b[i, y0:y1, x0:x1] for i, (y0, y1, x0, x1) in members])
+        fused = _run_batch(net, ca, cb, dev)
+        for k, (i, (y0, y1, x0, x1)) in enumerate(members):
+            out[i, y0:y1, x0:x1] = fused[k]
+        computed += len(members)
+        area += h * w * len(members)
+    if computed == 0:
         return out, 0, 0.0
-    a, b = a[keep], b[keep]
-    y0, y1, x0, x1 = _mask_box(mask[keep])
-    out[keep, y0:y1, x0:x1] = _run_batch(net, a[:, y0:y1, x0:x1], b[:, y0:y1, x0:x1], dev)
-    return out, len(keep), (y1 - y0) * (x1 - x0) / (a.shape[-2] * a.shape[-1])
+    return out, computed, area / (computed * a.shape[-2] * a.shape[-1])
 
 
 def _to_device(x: np.ndarray, dev: torch.device) -> torch.Tensor:

@@ -4,6 +4,8 @@ Everything is generated (no download): nested ellipsoids for scalp, skull, CSF, 
 matter ribbon, white matter and ventricles, plus a hot lesion. Each modality is written on its own grid,
 as scanners do: T1 at 1 mm (181 x 217 x 181 by default), CT at 0.9 x 0.9 x 2 mm, PET on a 4 mm grid and
 SPECT on 4.4 mm, with offset origins, so that fusing them exercises the resampling. Physical units: mm (LPS).
+Deterministic: every random number comes from ``numpy.random.default_rng(seed)`` (SimpleITK's noise filters
+take seed 0 to mean "the wall clock", so they are not used), and only SimpleITK smooths (no scipy).
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 # tissue label ids
 BG, SCALP, SKULL, CSF, GM, WM, LESION = range(7)
@@ -55,7 +56,9 @@ def _render(labels: sitk.Image, values: dict, fwhm_mm: float, noise: float, rng,
         lut[k] = v
     vol = lut[lab]
     if fwhm_mm > 0:
-        vol = ndimage.gaussian_filter(vol, fwhm_mm / 2.355 / labels.GetSpacing()[0])
+        smooth = sitk.GetImageFromArray(vol)
+        smooth.CopyInformation(labels)
+        vol = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(smooth, fwhm_mm / 2.355))  # sigma in mm
     if bias:
         z = np.linspace(-1, 1, vol.shape[0])[:, None, None]
         vol *= (1.0 + 0.08 * z).astype(np.float32)
@@ -90,7 +93,9 @@ def make_phantom(size=(181, 217, 181), seed: int = 0, spacing: float = 1.0) -> d
                             default=-1000.0), sitk.sitkInt16)
     pet_hr = _render(labels, FDG, 6.0 * s, 0.0, rng)
     pet = _on_grid(pet_hr, [4.0 * s] * 3, np.ceil(ext / (4.0 * s)) + 2, -(ext / 2) - np.array((3.0, 5.0, 2.0)) * s)
-    pet = sitk.Clamp(pet + sitk.AdditiveGaussianNoise(pet * 0, 0.15, 0, seed) * sitk.Cast(pet > 0.2, sitk.sitkFloat32), lowerBound=0)
+    noise = sitk.GetImageFromArray(rng.normal(0.0, 0.15, pet.GetSize()[::-1]).astype(np.float32))
+    noise.CopyInformation(pet)
+    pet = sitk.Clamp(pet + noise * sitk.Cast(pet > 0.2, sitk.sitkFloat32), lowerBound=0)
     spect_hr = _render(labels, PERFUSION, 11.0 * s, 0.0, rng)
     spect = _on_grid(spect_hr, [4.42 * s] * 3, np.ceil(ext / (4.42 * s)) + 2, -(ext / 2) - np.array((6.0, 2.0, 4.0)) * s)
     for img, modality in ((mri, "MR"), (ct, "CT"), (pet, "PT"), (spect, "NM")):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from .engine import cpu_has_bf16, fuse_volume, resolve_device
 from .errors import ECFusionError
 from .network import ECFusionNet, sobel_xy
 from .pairs import Pair, find_pairs, read_pair, split_cases
+from .safe_files import atomic_write, write_text_atomic
 from .weights import load_state_dict, save_weights
 
 
@@ -240,10 +240,77 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
     return 1.0
 
 
-def train(cfg: TrainConfig, log=print) -> Path:
-    """Train (or resume) into ``cfg.out``; returns the path of the best weights file."""
+def check_config(cfg: TrainConfig) -> None:
+    """ECFusionError for settings that cannot train (before any work or any folder is created)."""
+    ints = {"epochs": (cfg.epochs, 1), "batch size": (cfg.batch_size, 1), "warm-up steps": (cfg.warmup_steps, 0)}
+    if cfg.threads is not None:
+        ints["threads"] = (cfg.threads, 1)
+    for name, (value, low) in ints.items():
+        if value < low:
+            raise ECFusionError(f"{name} must be at least {low}, got {value}")
+    floats = {"learning rate": (cfg.lr, True), "gradient weight": (cfg.grad_weight, False),
+              "intensity weight": (cfg.intensity_weight, False), "SSIM weight": (cfg.ssim_weight, False),
+              "perceptual weight": (cfg.perceptual_weight, False)}
+    if cfg.clip_grad is not None:
+        floats["gradient clipping norm"] = (cfg.clip_grad, True)
+    if cfg.max_minutes is not None:
+        floats["time budget (minutes)"] = (cfg.max_minutes, True)
+    for name, (value, strict) in floats.items():
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            raise ECFusionError(f"{name} must be a finite number {'> 0' if strict else '>= 0'}, got {value}")
+
+
+def _checkpoint(model, opt, sched, sampler, state) -> dict:
+    """Everything needed to resume, as tensors and plain Python values only (loadable with weights_only=True)."""
+    version, internal, gauss = sampler.rng.getstate()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "sampler_rng": [version, list(internal), gauss], "torch_rng": torch.get_rng_state(),
+            "state": dict(state)}
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """Read a checkpoint with ``weights_only=True``: a file that needs code to load (a pickle with objects)
+    is refused, never executed."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file cannot be trusted
+        raise ECFusionError(f"cannot resume from {path}: it is not a checkpoint this version wrote, or it is "
+                            f"damaged ({type(exc).__name__}). Nothing from it was run. Delete it (or use another "
+                            "--out) to start over") from exc
+
+
+def train(cfg: TrainConfig, log=print) -> Path | None:
+    """Train (or resume) into ``cfg.out``; returns the path of the best weights file, or None when no epoch
+    finished (time budget). A run that fails before its first checkpoint leaves no folder behind."""
+    check_config(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ECFusionError(f"--out {out} is a file; give a folder for the run")
+    created = not out.exists()
+    try:
+        best = _train(cfg, out, log)
+    except BaseException:
+        if created:
+            _remove_unfinished_run(out)
+        raise
+    if best is None and created:
+        _remove_unfinished_run(out)
+    return best
+
+
+def _remove_unfinished_run(out: Path) -> None:
+    """Remove a run folder this call created, if it holds no checkpoint (only the files training writes)."""
+    if (out / "last.pt").exists():
+        return
+    for name in ("config.json", "log.csv", "best.pt"):
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:  # something else is in it: leave it
+        pass
+
+
+def _train(cfg: TrainConfig, out: Path, log) -> Path | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -261,6 +328,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     va8, vb8 = (np.rint((x[:, 0].numpy() + 1) * 127.5).astype(np.uint8) for x in (va, vb))
     va255, vb255 = va8.astype(np.float64), vb8.astype(np.float64)
     ref = evaluate_arrays(va255, vb255, np.maximum(va255, vb255), cfg.select_metrics)
+    out.mkdir(parents=True, exist_ok=True)
     log("pixel-max on validation: " + ", ".join(f"{k}={v:.4f}" for k, v in ref.items()))
 
     model = ECFusionNet().to(device)
@@ -278,15 +346,20 @@ def train(cfg: TrainConfig, log=print) -> Path:
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": None, "seconds": 0.0}
     last = out / "last.pt"
     if last.is_file():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        sampler.rng.setstate(ck["sampler_rng"])
-        torch.set_rng_state(ck["torch_rng"])
-        state = ck["state"]
+        ck = load_checkpoint(last, device)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            version, internal, gauss = ck["sampler_rng"]
+            sampler.rng.setstate((version, tuple(internal), gauss))
+            torch.set_rng_state(ck["torch_rng"].cpu())
+            state = dict(ck["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ECFusionError(f"cannot resume from {last}: it does not match this run ({type(exc).__name__}: "
+                                f"{str(exc)[:120]}); delete it or use another --out") from exc
         log(f"resumed from {last} at epoch {state['epoch']}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2))
     log_path = out / "log.csv"
     new_log = not log_path.exists()
 
@@ -335,9 +408,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             if score > state["best_score"]:
                 state["best_score"], state["best_epoch"] = score, state["epoch"]
                 save_weights(model, out / "best.pt", {"task": cfg.task, "epoch": state["epoch"], "val": val, "pixel_max": ref})
-            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "sampler_rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state(), "state": state}
-            tmp = out / "last.pt.partial"
-            torch.save(ck, tmp)
-            os.replace(tmp, last)
-    return out / "best.pt"
+            ck = _checkpoint(model, opt, sched, sampler, state)
+            atomic_write(last, lambda tmp: torch.save(ck, tmp))
+    best = out / "best.pt"
+    return best if best.is_file() else None

@@ -1,9 +1,10 @@
-"""Reading and writing images with SimpleITK: validation with clear errors, atomic writes.
+"""Reading and writing images with SimpleITK: validation with clear errors, atomic writes (``safe_files``).
 
 Supported: NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), MetaImage (.mha/.mhd) volumes and PNG images.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,11 +13,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ECFusionError
+from .file_integrity import check_complete
+from .nifti_rgb import write_rgb24_nifti
+from .safe_files import atomic_write_group
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".png",)
 # single-file formats only: a header + data pair (.nhdr/.mhd) cannot be renamed into place atomically
 OUTPUT_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".png")
+SIDECAR_SUFFIXES = (".nii", ".nii.gz", ".png")  # formats without key-value metadata: OUTPUT.json beside them
 
 
 def full_suffix(path: str | Path) -> str:
@@ -27,19 +32,52 @@ def full_suffix(path: str | Path) -> str:
 def read_image(path: str | Path, *, allow_rgb: bool = False, what: str = "image") -> sitk.Image:
     """Read and validate one image.
 
-    Errors (ECFusionError) for: a missing or unreadable file, more than 3 dimensions, a vector
-    image other than RGB (3 components, when ``allow_rgb``), NaN/Inf values, a constant image.
+    Errors (ECFusionError) naming what is wrong with this file: missing, a folder, unreadable (permissions),
+    cut off (``file_integrity.check_complete``), a singular direction matrix, not an image; then the checks of
+    ``check_image``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ECFusionError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise ECFusionError(f"{what} {path} is a folder, not an image file; give the image file itself "
+                            "(NRRD, NIfTI, MHA or PNG)")
+    if not path.exists():
+        broken = " (a symbolic link whose target is missing)" if path.is_symlink() else ""
+        raise ECFusionError(f"{what} file not found: {path}{broken}")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ECFusionError(f"cannot open {what} {path}: {exc.strerror or exc}; check its permissions") from exc
+    check_complete(path, what)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        raise ECFusionError(f"cannot read {what} {path}: {msg}. Use an NRRD, NIfTI, MHA or PNG file.") from exc
+        raise ECFusionError(f"cannot read {what} {path}: {_read_error(exc, path)}") from exc
     check_image(img, f"{what} {path}", allow_rgb=allow_rgb)
     return img
+
+
+def _read_error(exc: RuntimeError, path: Path) -> str:
+    """What SimpleITK's exception says about this file, in a sentence (not ITK's source location)."""
+    text = str(exc)
+    if "determinant is 0" in text or "Bad direction" in text:
+        return ("its direction matrix (the axes' orientation in the header) is singular, two axes point the same "
+                "way; fix the header (NRRD 'space directions', MetaImage 'TransformMatrix', NIfTI qform/sform), "
+                "e.g. by exporting it again")
+    if "Unable to determine ImageIO reader" in text or "Could not create IO object" in text:
+        known = full_suffix(path) in IMAGE_SUFFIXES
+        return ("its content is not an image SimpleITK recognises" + (" (the file may be damaged)" if known else "")
+                + ("" if known else ". Use an NRRD, NIfTI, MHA or PNG file"))
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]") and not ln.endswith(":")]
+    if nrrd:  # teem's last line says what is wrong (e.g. "fread got only 11963 4-sized things, not 24000")
+        return "NRRD reader: " + nrrd[-1].split(":", 1)[-1].strip()
+    useful = [ln for ln in lines if not ln.startswith(("Exception thrown", "/"))]
+    msg = useful[-1] if useful else (lines[-1] if lines else type(exc).__name__)
+    if "ITK ERROR" in msg and "):" in msg:
+        msg = msg.split("):", 1)[1].strip()
+    suffix_hint = "" if full_suffix(path) in IMAGE_SUFFIXES else ". Use an NRRD, NIfTI, MHA or PNG file"
+    return msg + suffix_hint
 
 
 def check_image(img: sitk.Image, what: str, *, allow_rgb: bool = False) -> None:
@@ -49,6 +87,9 @@ def check_image(img: sitk.Image, what: str, *, allow_rgb: bool = False) -> None:
             f"{what} is {img.GetDimension()}D; a 2D or 3D image is needed. Extract one time frame first "
             "(e.g. a static PET frame)."
         )
+    if img.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise ECFusionError(f"{what} is complex-valued ({img.GetPixelIDTypeAsString()}); save its magnitude "
+                            "(a real-valued image) first")
     ncomp = img.GetNumberOfComponentsPerPixel()
     if ncomp != 1 and not (allow_rgb and ncomp == 3):
         allowed = "a scalar image or an RGB (3-component) image" if allow_rgb else "a scalar (single-component) image"
@@ -62,9 +103,11 @@ def check_image(img: sitk.Image, what: str, *, allow_rgb: bool = False) -> None:
 
 
 def check_writable(path: str | Path) -> Path:
-    """Fail early, before any work, if ``path`` cannot be written."""
+    """Fail early, before any work, if ``path`` cannot be written (type, folder, permissions, a folder there)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ECFusionError(f"output {path} is an existing folder; give a file name, e.g. {path / 'fused.nrrd'}")
     if full_suffix(path) not in OUTPUT_SUFFIXES:
         raise ECFusionError(f"output {path}: unsupported file type; use one of {', '.join(OUTPUT_SUFFIXES)}")
     if not folder.is_dir():
@@ -78,18 +121,41 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def write_image_atomic(img: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
+def check_output_dimension(img_or_size, path: str | Path) -> None:
+    """PNG holds one 2D image: refuse a 3D result (more than one slice) there instead of keeping slice 0."""
+    size = img_or_size.GetSize() if isinstance(img_or_size, sitk.Image) else tuple(img_or_size)
+    if full_suffix(path) == ".png" and len(size) == 3 and size[2] > 1:
+        raise ECFusionError(f"output {path}: a PNG holds one 2D image but the result is a 3D volume of "
+                            f"{size[0]} x {size[1]} x {size[2]} voxels; write .nrrd, .nii.gz or .mha "
+                            "(for 2D PNG pairs use --input-dir)")
+
+
+def sidecar_path(output: str | Path) -> Path | None:
+    """OUTPUT.json for formats that cannot carry key-value metadata (NIfTI, PNG); None for NRRD/MHA."""
+    suffix = full_suffix(output)
+    if suffix not in SIDECAR_SUFFIXES:
+        return None
+    return Path(str(output)[: -len(suffix)] + ".json")
+
+
+def write_image_atomic(img: sitk.Image, path: str | Path, *, compress: bool = True,
+                       sidecar: dict | None = None) -> Path:
+    """Write ``img`` (and, for NIfTI/PNG, ``sidecar`` as OUTPUT.json) atomically: never a half-written file, never
+    a volume without its sidecar (``safe_files.atomic_write_group``). RGB NIfTI is written as RGB24."""
     path = check_writable(path)
-    suffix = full_suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, useCompression=compress)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError):
-            raise ECFusionError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from exc
-        raise
+    check_output_dimension(img, path)
+
+    def write_image(tmp: str) -> None:
+        if full_suffix(path) in (".nii", ".nii.gz") and img.GetNumberOfComponentsPerPixel() == 3:
+            write_rgb24_nifti(img, tmp, compress=full_suffix(path) == ".nii.gz")
+        else:
+            sitk.WriteImage(img, tmp, useCompression=compress)
+
+    writers = {}
+    side = sidecar_path(path)
+    if sidecar is not None and side is not None:
+        text = json.dumps(sidecar, indent=2)
+        writers[side] = lambda tmp: Path(tmp).write_text(text)
+    writers[path] = write_image  # last: a volume never appears without its sidecar
+    atomic_write_group(writers)
     return path

@@ -1,8 +1,11 @@
 """Network weights: the bundled catalogue (with SHA-256 checksums), loading with checks, saving.
 
 A weights file is a ``torch.save`` dict: {"architecture": "ecfusion-v1", "config": {...}, "state_dict": {...},
-"meta": {...}}: the architecture's registered name (``registry``) and its constructor arguments (widths; older
+"meta": {...}, "tensor_sha256": "..."}: the architecture's registered name (``registry``) and its constructor arguments (widths; older
 files have none: the defaults), so the loader builds the network the file was made for.
+``tensor_sha256`` (``tensor_checksum``) is a SHA-256 of every tensor's name, dtype, shape and bytes, written
+by ``save_weights`` (training, release scripts) and verified on load: a flipped byte in the weights is refused
+(WeightsError, exit 3). Files without it (saved by other tools) load with a warning that they are unverified.
 Loading uses ``weights_only=True`` (no code runs from the file), checks the checksum when the file is
 listed in the catalogue, and checks that every tensor matches the network's shapes.
 """
@@ -10,17 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 from pathlib import Path
 
 import torch
 
 from .errors import ECFusionError, WeightsError
 from .registry import architecture_of, create_model
+from .safe_files import atomic_write
 from .tasks import check_task
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CATALOGUE = WEIGHTS_DIR / "catalogue.json"
+CHECKSUM_KEY = "tensor_sha256"
+log = logging.getLogger(__name__)
 
 
 def sha256(path: str | Path) -> str:
@@ -28,6 +34,16 @@ def sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors of a state dict, in name order: name, dtype, shape, then the raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).clone().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -82,6 +98,15 @@ def read_weights(path: str | Path, expected_sha256: str | None = None) -> tuple[
         raise WeightsError(f"weights file {path} cannot be read ({type(exc).__name__}): it is corrupt or not an ECFusion weights file") from exc
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise WeightsError(f"{path} is not an ECFusion weights file (no 'state_dict' entry)")
+    if not isinstance(blob["state_dict"], dict) or not all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values()):
+        raise WeightsError(f"{path} is not an ECFusion weights file (its 'state_dict' does not hold tensors)")
+    stored = blob.get(CHECKSUM_KEY)
+    if stored is not None and tensor_checksum(blob["state_dict"]) != stored:
+        raise WeightsError(f"weights file {path} is corrupt: its tensors do not match the checksum stored inside it "
+                           "(the file was damaged after it was written); copy it again or re-export it")
+    if stored is None and expected_sha256 is None:
+        log.warning("weights file %s carries no ECFusion checksum (written by another tool): it is loaded "
+                    "unverified", path)
     config = blob.get("config") or {}
     if not isinstance(config, dict):
         raise WeightsError(f"{path} is not an ECFusion weights file (its 'config' entry is not a dict)")
@@ -128,17 +153,20 @@ def load_model(task: str | None = None, weights: str | Path | None = None) -> tu
     return model.eval(), {"weights": str(path), "sha256": expected or sha256(path), "architecture": model.architecture}
 
 
+def has_checksum(path: str | Path) -> bool:
+    """True when the weights file carries the tensor checksum of ``save_weights``."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return isinstance(blob, dict) and CHECKSUM_KEY in blob
+
+
 def save_weights(model: torch.nn.Module, path: str | Path, meta: dict | None = None) -> Path:
     """Save a model's weights atomically in the ECFusion weights format (its registered architecture and
-    ``model.config``, the constructor arguments)."""
-    path = Path(path)
+    ``model.config``, the constructor arguments), with the tensor checksum inside."""
     architecture = architecture_of(model)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"architecture": architecture, "config": _plain(getattr(model, "config", {})), "state_dict": state,
-                "meta": _plain(meta or {})}, tmp)
-    os.replace(tmp, path)
-    return path
+    blob = {"architecture": architecture, "config": _plain(getattr(model, "config", {})), "state_dict": state,
+            "meta": _plain(meta or {}), CHECKSUM_KEY: tensor_checksum(state)}
+    return atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _plain(obj):
