@@ -1,10 +1,13 @@
 """The ``ecfusion`` command: fuse, train, evaluate.
 
-Exit codes: 0 success; 2 bad input or usage; 3 missing/corrupt weights; 130 cancelled; 1 unexpected error.
+Exit codes: 0 success; 2 bad input or usage; 3 missing/corrupt weights; 130 cancelled (Ctrl-C or SIGTERM);
+1 unexpected error.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import sys
 
 from .colour import COLORMAPS
@@ -29,6 +32,29 @@ Re-running the same command resumes from OUT/last.pt.
 """
 
 
+def _number(kind, low=None, strict=False):
+    """An argparse type: ``kind`` (int/float), finite, and >= ``low`` (> ``low`` when ``strict``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole ' if kind is int else ''}number") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+        if low is not None and (value < low or (strict and value == low)):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
+        return value
+    parse.__name__ = f"{'positive ' if strict else ''}{kind.__name__}"
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+FINITE = _number(float)
+POSITIVE = _number(float, 0, strict=True)
+NONNEGATIVE = _number(float, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecfusion", description="ECFusion: fuse MRI with CT, PET or SPECT (slice by slice).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 on GPUs and on CPUs with native bf16 (~1.7x faster, ~0.15 grey "
                         "levels from fp32 on average), else fp32")
-    f.add_argument("--batch-size", type=int, help="slices per batch (default: about 256k pixels per batch on CPU, fitted to free memory on CUDA)")
-    f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: axial)")
+    f.add_argument("--batch-size", type=POSITIVE_INT, help="slices per batch (default: about 256k pixels per batch on CPU, fitted to free memory on CUDA)")
+    f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: auto, the axis closest to superior-inferior)")
     f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "
                                       "(default: PET-Heat for PET, PET-Rainbow2 for SPECT)")
-    f.add_argument("--window", type=float, help="PET/SPECT display window (default: robust range)")
-    f.add_argument("--level", type=float, help="PET/SPECT display level")
-    f.add_argument("--ct-window", type=float, help=f"CT window in HU (default {DEFAULT_CT_WINDOW:g})")
-    f.add_argument("--ct-level", type=float, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
+    f.add_argument("--window", type=POSITIVE, help="PET/SPECT display window, > 0 (default: robust range)")
+    f.add_argument("--level", type=FINITE, help="PET/SPECT display level")
+    f.add_argument("--ct-window", type=POSITIVE, help=f"CT window in HU, > 0 (default {DEFAULT_CT_WINDOW:g})")
+    f.add_argument("--ct-level", type=FINITE, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
     f.add_argument("--weights", help="weights file (default: the bundled weights of the task)")
     f.add_argument("--register", default="none", choices=REGISTRATION_MODES,
                    help="register the functional volume onto the MRI first (mutual information; default none)")
@@ -94,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png")
     t.add_argument("--task", required=True, help=TASK_HELP)
     t.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, best.pt")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=POSITIVE_INT, default=50)
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    t.add_argument("--lr", type=POSITIVE, default=1e-3)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
-    t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    t.add_argument("--grad-weight", type=float, default=1.0)
-    t.add_argument("--intensity-weight", type=float, default=0.0, help="weight of L1(F, max(A,B))")
-    t.add_argument("--ssim-weight", type=float, default=0.0, help="weight of 1 - mean(SSIM(F,A), SSIM(F,B))")
-    t.add_argument("--perceptual-weight", type=float, default=0.0, help="lambda of the VGG19 perceptual loss (paper: 0.02)")
+    t.add_argument("--warmup-steps", type=COUNT, default=0, help="linear learning-rate warm-up")
+    t.add_argument("--clip-grad", type=POSITIVE, help="clip the gradient norm to this value")
+    t.add_argument("--grad-weight", type=NONNEGATIVE, default=1.0)
+    t.add_argument("--intensity-weight", type=NONNEGATIVE, default=0.0, help="weight of L1(F, max(A,B))")
+    t.add_argument("--ssim-weight", type=NONNEGATIVE, default=0.0, help="weight of 1 - mean(SSIM(F,A), SSIM(F,B))")
+    t.add_argument("--perceptual-weight", type=NONNEGATIVE, default=0.0, help="lambda of the VGG19 perceptual loss (paper: 0.02)")
     t.add_argument("--vgg-weights", help="torchvision vgg19-dcbbabfd.pth (needed when --perceptual-weight > 0)")
     t.add_argument("--no-upsample", dest="upsample", action="store_false",
                    help="train on 128x128 patches directly (reduced CPU schedule) instead of upsampling them to 256")
@@ -113,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
     t.add_argument("--split-seed", type=int, default=0, help="which cases are held out for validation (default 0)")
-    t.add_argument("--threads", type=int)
-    t.add_argument("--max-minutes", type=float, help="stop (resumably) after this much training time")
+    t.add_argument("--threads", type=POSITIVE_INT)
+    t.add_argument("--max-minutes", type=POSITIVE, help="stop (resumably) after this much training time")
 
     sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
     return p
@@ -155,22 +181,38 @@ def cmd_train(args) -> int:
                       init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
                       max_minutes=args.max_minutes)
     best = train(cfg)
+    if best is None:
+        print(f"no epoch finished within the time budget; no weights were written (run folder: {args.out})")
+        return 0
     print(f"best weights: {best}")
     return 0
 
 
-def _progress_bar(quiet: bool, desc: str):
-    """A tqdm bar driven by the engine's (done, total) callback; returns (callback, bar)."""
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar driven by the engine's (done, total) callback, created at the first call (when the total is
+    known: no "0slice [00:00, ?slice/s]" line). A context manager that closes it."""
 
-    bar = tqdm(total=0, unit="slice", desc=desc, disable=quiet)
+    def __init__(self, quiet: bool, desc: str):
+        self.quiet, self.desc, self.bar = quiet, desc, None
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
 
-    return update, bar
+            self.bar = tqdm(total=total, unit="slice", desc=self.desc, file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 def cmd_fuse(args) -> int:
@@ -183,30 +225,52 @@ def cmd_fuse(args) -> int:
     import time
 
     from .fusion import fuse_images
+    from .input_checks import check_numbers, input_warnings, refuse_same_input
+    from .safe_files import refuse_overwriting_inputs
     from .tasks import check_task
-    from .volume_io import check_writable, read_image, write_image_atomic
+    from .volume_io import check_output_dimension, check_writable, read_image, sidecar_path, write_image_atomic
     from .weights import load_model
 
     task = check_task(args.task)
+    check_numbers(batch_size=args.batch_size, window=args.window, level=args.level, ct_window=args.ct_window,
+                  ct_level=args.ct_level)
+    inputs = [args.anatomical, args.functional, args.transform, args.weights]
+    refuse_same_input(args.anatomical, args.functional)
+    refuse_overwriting_inputs(args.output, inputs)
+    if sidecar_path(args.output) is not None:
+        refuse_overwriting_inputs(sidecar_path(args.output), inputs, what="metadata file (sidecar)")
     check_writable(args.output)
     settings = _settings(args, task)
     model, info = load_model(task, args.weights)
     anatomical = read_image(args.anatomical, what="anatomical image")
+    check_output_dimension(anatomical, args.output)
     second = read_image(args.functional, allow_rgb=True, what="functional image")
-    transform = _registration_transform(args, anatomical, second)
-    progress, bar = _progress_bar(args.quiet, f"fusing {task}")
+    for warning in input_warnings(task, anatomical, second):
+        log.warning(warning)
     t0 = time.time()
-    with bar:
+    transform = _registration_transform(args, anatomical, second)
+    with _ProgressBar(args.quiet, f"fusing {task}") as progress:
         result = fuse_images(anatomical, second, settings, model=model, weights_info=info, progress=progress,
                              transform=transform)
-    if result.metadata["alignment"]["misaligned"] and transform is None:
-        print(f"ecfusion: warning: the inputs look misaligned ({100 * (1 - result.metadata['alignment']['containment']):.0f} % "
-              "of the functional head outside the MRI's); consider --register rigid", file=sys.stderr)
-    write_image_atomic(result.image, args.output)
-    _write_sidecar(args.output, result.metadata)
+    _record_registration(result, args, transform)
+    write_image_atomic(result.image, args.output, sidecar=result.metadata)
     if not args.quiet:
-        print(f"wrote {args.output} ({result.metadata['output']}, {time.time() - t0:.1f} s on {result.metadata['device']})")
+        reg = f", registration {args.register} included" if args.register != "none" else ""
+        print(f"wrote {args.output} ({result.metadata['output']}, {time.time() - t0:.1f} s on "
+              f"{result.metadata['device']}{reg})")
     return 0
+
+
+def _record_registration(result, args, transform) -> None:
+    """Provenance of the registration: mode (rigid/affine, or the transform file given) and its parameters."""
+    import json
+
+    from .fusion import METADATA_PREFIX
+    from .registration import transform_provenance
+
+    mode = args.register if args.register != "none" else (f"file {args.transform}" if args.transform else "none")
+    result.metadata["registration"] = transform_provenance(transform, mode)
+    result.image.SetMetaData(METADATA_PREFIX + "registration", json.dumps(result.metadata["registration"]))
 
 
 def _registration_transform(args, anatomical, second):
@@ -224,15 +288,13 @@ def _registration_transform(args, anatomical, second):
         return None
     from .registration import register
 
-    if not args.quiet:
-        print(f"registering ({args.register}) ...", file=sys.stderr)
-    return register(anatomical, second, args.register)
+    report = (lambda m: None) if args.quiet else (lambda m: print(f"registering ({args.register}): {m}", file=sys.stderr))
+    report("started")
+    return register(anatomical, second, args.register, progress=report)
 
 
 def cmd_register(args) -> int:
-    import os
     import time
-    from pathlib import Path
 
     import SimpleITK as sitk
 
@@ -240,9 +302,13 @@ def cmd_register(args) -> int:
     from .geometry import resample_onto
     from .volume_io import read_image
 
-    out = Path(args.output)
+    from .safe_files import atomic_write, refuse_overwriting_inputs
+
+    out = refuse_overwriting_inputs(args.output, [args.anatomical, args.functional])
     if out.suffix.lower() not in (".tfm", ".txt", ".h5", ".hdf5"):
         raise ECFusionError(f"transform output {out}: use a .tfm, .txt or .h5 file name")
+    if out.is_dir():
+        raise ECFusionError(f"output {out} is an existing folder; give a file name")
     if not out.parent.is_dir():
         raise ECFusionError(f"output folder {out.parent} does not exist; create it first")
     anatomical = read_image(args.anatomical, what="anatomical image")
@@ -251,9 +317,7 @@ def cmd_register(args) -> int:
     before = alignment_check(anatomical, resample_onto(second, anatomical))
     tx = register(anatomical, second, args.mode, args.init, progress=lambda m: print(m, file=sys.stderr))
     after = alignment_check(anatomical, resample_onto(second, anatomical, tx))
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
-    sitk.WriteTransform(tx, str(tmp))
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: sitk.WriteTransform(tx, tmp))
     print(f"wrote {out} ({args.mode}, {time.time() - t0:.1f} s); head containment {before.containment:.3f} -> "
           f"{after.containment:.3f}, mask Dice {before.dice:.3f} -> {after.dice:.3f}, "
           f"normalised MI {before.nmi:.3f} -> {after.nmi:.3f}")
@@ -269,51 +333,63 @@ def _settings(args, task: str):
                           ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
 
 
-def _write_sidecar(output, metadata: dict) -> None:
-    """NIfTI and PNG cannot carry key-value metadata: write OUTPUT.json beside them."""
-    import json
-    import os
-    from pathlib import Path
-
-    from .volume_io import full_suffix
-
-    if full_suffix(output) in (".nii", ".nii.gz", ".png"):
-        side = Path(str(output)[: -len(full_suffix(output))] + ".json")
-        tmp = side.with_name("." + side.name + ".partial")
-        tmp.write_text(json.dumps(metadata, indent=2))
-        os.replace(tmp, side)
-
-
 def fuse_png_folder(args) -> int:
-    """2D mode: every pair ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png -> OUT/<task>/<name>.png."""
+    """2D mode: every pair ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png -> OUT/<task>/<name>.png (+ <name>.json).
+
+    Checked before anything is written: the layout, the sizes of every pair, the numeric options, the
+    weights. A run that fails or is cancelled part-way removes what it wrote (files and the folders it made)."""
     from pathlib import Path
 
     import SimpleITK as sitk
     from tqdm import tqdm
 
     from .fusion import fuse_images
-    from .pairs import find_pairs
-    from .volume_io import check_writable, read_image, write_image_atomic
+    from .input_checks import check_numbers
+    from .pairs import check_pair_sizes, find_pairs
+    from .safe_files import refuse_overwriting_inputs
+    from .volume_io import read_image, sidecar_path, write_image_atomic
     from .weights import load_model
 
-    pairs = find_pairs(args.input_dir, [args.task] if args.task else None)
     out_root = Path(args.output)
-    out_root.mkdir(parents=True, exist_ok=True)
-    models = {}
-    for pair in tqdm(pairs, unit="pair", desc="fusing", disable=args.quiet):
-        if pair.task not in models:
-            models[pair.task] = load_model(pair.task, args.weights)
-            (out_root / pair.task).mkdir(exist_ok=True)
-        model, info = models[pair.task]
-        mri = read_image(pair.mri, allow_rgb=True, what="MRI image")
-        if mri.GetNumberOfComponentsPerPixel() == 3:  # some collections store grey MRI as RGB
-            mri = sitk.VectorIndexSelectionCast(mri, 0)
-        second = read_image(pair.second, allow_rgb=True, what=f"{pair.task} image")
-        second.CopyInformation(mri) if second.GetSize() == mri.GetSize() else None
-        settings = _settings(args, pair.task)
-        settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
-        result = fuse_images(mri, second, settings, model=model, weights_info=info)
-        write_image_atomic(result.image, check_writable(out_root / pair.task / f"{pair.name}.png"))
+    if out_root.exists() and not out_root.is_dir():
+        raise ECFusionError(f"output {out_root} is an existing file; in 2D mode (--input-dir) --output is a folder")
+    check_numbers(batch_size=args.batch_size, window=args.window, level=args.level, ct_window=args.ct_window,
+                  ct_level=args.ct_level)
+    pairs = find_pairs(args.input_dir, [args.task] if args.task else None)
+    check_pair_sizes(pairs)
+    targets = {pair: out_root / pair.task / f"{pair.name}.png" for pair in pairs}
+    for pair, target in targets.items():
+        for path in (target, sidecar_path(target)):
+            refuse_overwriting_inputs(path, [pair.second, pair.mri, args.weights])
+    models = {task: load_model(task, args.weights) for task in dict.fromkeys(p.task for p in pairs)}
+    made_dirs, written = [], []
+    try:
+        for folder in [out_root, *(out_root / t for t in models)]:
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                made_dirs.append(folder)
+        for pair in tqdm(pairs, unit="pair", desc="fusing", disable=args.quiet, file=sys.stderr):
+            model, info = models[pair.task]
+            mri = read_image(pair.mri, allow_rgb=True, what="MRI image")
+            if mri.GetNumberOfComponentsPerPixel() == 3:  # some collections store grey MRI as RGB
+                mri = sitk.VectorIndexSelectionCast(mri, 0)
+            second = read_image(pair.second, allow_rgb=True, what=f"{pair.task} image")
+            second.CopyInformation(mri)  # same size (checked): pixel for pixel, whatever the PNG headers say
+            settings = _settings(args, pair.task)
+            settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
+            result = fuse_images(mri, second, settings, model=model, weights_info=info)
+            write_image_atomic(result.image, targets[pair], sidecar=result.metadata)
+            written.append(targets[pair])
+    except BaseException:
+        for target in written:
+            for path in (target, sidecar_path(target)):
+                path.unlink(missing_ok=True)
+        for folder in reversed(made_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
     if not args.quiet:
         print(f"fused {len(pairs)} pairs into {out_root}")
     return 0
@@ -331,6 +407,14 @@ def cmd_evaluate(args) -> int:
     from .colour import luminance
     import SimpleITK as sitk
 
+    from .safe_files import atomic_write
+
+    if args.csv:
+        csv_path = Path(args.csv)
+        if csv_path.is_dir():
+            raise ECFusionError(f"--csv {csv_path} is a folder; give a file name")
+        if not (csv_path.parent if str(csv_path.parent) else Path(".")).is_dir():
+            raise ECFusionError(f"--csv {csv_path}: folder {csv_path.parent} does not exist; create it first")
     pairs = find_pairs(args.input_dir, args.task)
     if args.names:
         pairs = [p for p in pairs if p.name in set(args.names)]
@@ -353,10 +437,17 @@ def cmd_evaluate(args) -> int:
             rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
     names = [*METRICS, "bg", *(["bone_kept", "hot_kept"] if args.checks else [])]
     if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, ["task", "name", "method", *names])
-            w.writeheader()
-            w.writerows(rows)
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, ["task", "name", "method", *names])
+                w.writeheader()
+                w.writerows(rows)
+        atomic_write(args.csv, write_csv)
+    from .metrics import LOWER_IS_BETTER
+
+    better = {n: "lower" if n in LOWER_IS_BETTER else "higher" for n in METRICS}
+    print("better: " + ", ".join(f"{n} {d}" for n, d in better.items())
+          + "; bg = mean fused grey level where both sources are black (0-255, lower is better: 0 keeps air black)")
     print(f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names))
     for task in sorted({r["task"] for r in rows}):
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -381,6 +472,8 @@ def cmd_demo(args) -> int:
 
     task = check_task(args.task)
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ECFusionError(f"demo output {out} is an existing file; --output is a folder for the phantom and the result")
     paths = {k: out / f"phantom_{k.lower()}.nrrd" for k in ("MRI", "CT", "PET", "SPECT")}
     if not all(p.is_file() for p in paths.values()):
         print(f"writing the digital phantom to {out}/ ...")
@@ -392,23 +485,68 @@ def cmd_demo(args) -> int:
     return cmd_fuse(ns)
 
 
+log = logging.getLogger("ECFusionLib.cli")
+
 COMMANDS = {"fuse": cmd_fuse, "register": cmd_register, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "models": cmd_models}
 
 
+class _WarningHandler(logging.Handler):
+    """Library warnings (misalignment, implausible inputs, unverified weights) once each, on stderr, on their
+    own line even while a progress bar is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"ecfusion: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _need_extras(command: str) -> None:
+    """``evaluate`` and ``train`` need the metrics extra (scipy, scikit-image); fusion does not."""
+    import importlib.util
+
+    missing = [m for m in ("scipy", "skimage") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ECFusionError(f"'ecfusion {command}' needs scipy and scikit-image (not needed for fusion): "
+                            "pip install 'ecfusion[metrics]'")
+
+
 def main(argv=None) -> int:
+    from .safe_files import Terminated, install_sigterm_handler
+
     args = build_parser().parse_args(argv)
     from .runtime import tune_cpu
 
     tune_cpu()  # this process is ours: OpenMP wait policy, allocator (before torch starts its threads)
+    install_sigterm_handler()  # SIGTERM cleans up temporaries exactly as Ctrl-C does
+    lib = logging.getLogger("ECFusionLib")
+    handler, propagate = _WarningHandler(logging.WARNING), lib.propagate
+    lib.addHandler(handler)
+    lib.propagate = False  # printed once, not a second time by the root logger's last-resort handler
     try:
+        if args.command in ("evaluate", "train"):
+            _need_extras(args.command)
         return COMMANDS[args.command](args)
     except ECFusionError as exc:
         print(f"ecfusion: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("ecfusion: cancelled", file=sys.stderr)
+    except Terminated:
+        print("ecfusion: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("ecfusion: cancelled; nothing half-written was left", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("ecfusion: error: out of memory; try a smaller --batch-size, or a machine with more memory",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # the user's environment: disk full, permissions, a vanished file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ecfusion: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        lib.removeHandler(handler)
+        lib.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from .colour import recolour
 from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
 from .geometry import resample_onto, slice_axis
+from .input_checks import check_numbers
 from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb
-from .registration import alignment_check
+from .registration import alignment_check, transform_provenance
 from .salient import keep_salient
 from .tasks import task_spec
 from .volume_io import check_image
@@ -78,6 +79,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     """
     spec = task_spec(settings.task)
     task, modality = spec.name, spec.second_modality
+    check_numbers(batch_size=settings.batch_size, window=settings.window, level=settings.level,
+                  ct_window=settings.ct_window, ct_level=settings.ct_level)
     check_image(anatomical, f"anatomical ({spec.anatomical_modality}) image")
     check_image(second, f"{modality} image", allow_rgb=True)
     if anatomical.GetDimension() != second.GetDimension():
@@ -131,7 +134,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
                       "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
-        "registration": "given transform" if transform is not None else "none",
+        "registration": transform_provenance(transform, "given transform"),
         "keep_salient": bool(settings.keep_salient),
     }
     for key, value in metadata.items():

@@ -4,6 +4,7 @@ File names are a case number followed by a three-digit slice number (``41012.png
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from .errors import ECFusionError
 from .tasks import TASKS, check_task
 from .volume_io import read_image
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Pair:
@@ -41,12 +43,46 @@ def find_pairs(root: str | Path, tasks=None) -> list[Pair]:
         sec_dir, mri_dir = root / task / TASKS[task], root / task / "MRI"
         if not sec_dir.is_dir() or not mri_dir.is_dir():
             raise ECFusionError(f"{root / task} must contain the folders {TASKS[task]}/ and MRI/")
-        for p in sorted(sec_dir.glob("*.png")):
-            if (mri_dir / p.name).is_file():
-                pairs.append(Pair(task, p.stem, p, mri_dir / p.name))
+        seconds = {p.name: p for p in sorted(sec_dir.glob("*.png"))}
+        mris = {p.name for p in mri_dir.glob("*.png")}
+        for name, p in seconds.items():
+            if name in mris:
+                pairs.append(Pair(task, p.stem, p, mri_dir / name))
+        for folder, alone in ((sec_dir, sorted(set(seconds) - mris)), (mri_dir, sorted(mris - set(seconds)))):
+            if alone:
+                partner = "MRI" if folder == sec_dir else TASKS[task]
+                log.warning("%d image(s) in %s have no %s partner of the same name and are skipped: %s%s",
+                            len(alone), folder, partner, ", ".join(alone[:5]), " ..." if len(alone) > 5 else "")
     if not pairs:
         raise ECFusionError(f"no PNG pairs with matching names found under {root}")
     return pairs
+
+
+def image_size(path: Path) -> tuple[int, ...]:
+    """Size (x, y[, z]) from the file's header, without reading the pixels."""
+    from SimpleITK import ImageFileReader
+
+    reader = ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ECFusionError(f"cannot read {path}: it is not a readable PNG image") from exc
+    return tuple(reader.GetSize())
+
+
+def check_pair_sizes(pairs: list[Pair]) -> None:
+    """ECFusionError naming the pairs whose two images differ in size (2D pairs must match pixel for pixel:
+    there is no geometry to resample with, so registration cannot help)."""
+    bad = []
+    for p in pairs:
+        a, b = image_size(p.second), image_size(p.mri)
+        if a != b:
+            bad.append(f"{p.task}/{p.name} ({'x'.join(map(str, a))} vs MRI {'x'.join(map(str, b))})")
+    if bad:
+        raise ECFusionError(f"{len(bad)} pair(s) have images of different sizes: {', '.join(bad[:5])}"
+                            f"{' ...' if len(bad) > 5 else ''}. 2D pairs must have the same size; resize one "
+                            "image of each pair (nothing was written)")
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -65,7 +101,8 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     else:
         sec_grey = sec_arr.astype(np.float32)
     if sec_grey.shape != mri_arr.shape:
-        raise ECFusionError(f"{pair.second} and {pair.mri} differ in size: {sec_grey.shape} vs {mri_arr.shape}")
+        raise ECFusionError(f"{pair.second} and {pair.mri} differ in size: {sec_grey.shape} vs {mri_arr.shape}; "
+                            "2D pairs must have the same size (resize one)")
     return sec_grey.astype(np.float32), mri_arr, rgb
 
 

@@ -4,8 +4,8 @@ Everything is generated (no download): nested ellipsoids for scalp, skull, CSF, 
 matter ribbon, white matter and ventricles, plus a hot lesion. Each modality is written on its own grid,
 as scanners do: T1 at 1 mm (181 x 217 x 181 by default), CT at 0.9 x 0.9 x 2 mm, PET on a 4 mm grid and
 SPECT on 4.4 mm, with offset origins, so that fusing them exercises the resampling. Physical units: mm (LPS).
-Deterministic: every random number comes from ``numpy.random.default_rng(seed)`` (SimpleITK's noise filters
-take seed 0 to mean "the wall clock", so they are not used), and only SimpleITK smooths (no scipy).
+Deterministic: random numbers come from ``numpy.random.default_rng(seed)`` and, for the PET noise, SimpleITK
+with seed ``seed + 1`` (SimpleITK takes seed 0 to mean "the wall clock"). Smoothing is SimpleITK's (no scipy).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ BG, SCALP, SKULL, CSF, GM, WM, LESION = range(7)
 T1 = {BG: 0, SCALP: 650, SKULL: 120, CSF: 260, GM: 560, WM: 820, LESION: 600}
 CT_HU = {BG: -1000, SCALP: 30, SKULL: 1300, CSF: 5, GM: 40, WM: 28, LESION: 45}
 FDG = {BG: 0.0, SCALP: 0.8, SKULL: 0.4, CSF: 0.3, GM: 8.0, WM: 3.0, LESION: 16.0}
+NOISE_SEED_OFFSET = 1  # SimpleITK's noise filters take seed 0 to mean "the wall clock": never pass 0
 PERFUSION = {BG: 0.0, SCALP: 2.0, SKULL: 1.0, CSF: 1.0, GM: 60.0, WM: 25.0, LESION: 90.0}
 
 
@@ -58,7 +59,9 @@ def _render(labels: sitk.Image, values: dict, fwhm_mm: float, noise: float, rng,
     if fwhm_mm > 0:
         smooth = sitk.GetImageFromArray(vol)
         smooth.CopyInformation(labels)
-        vol = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(smooth, fwhm_mm / 2.355))  # sigma in mm
+        sigma = fwhm_mm / 2.355  # mm
+        kernel = 2 * int(4 * sigma / labels.GetSpacing()[0] + 0.5) + 1  # +-4 sigma, as scipy's gaussian_filter
+        vol = sitk.GetArrayFromImage(sitk.DiscreteGaussian(smooth, sigma * sigma, kernel, 0.001, True))
     if bias:
         z = np.linspace(-1, 1, vol.shape[0])[:, None, None]
         vol *= (1.0 + 0.08 * z).astype(np.float32)
@@ -93,8 +96,7 @@ def make_phantom(size=(181, 217, 181), seed: int = 0, spacing: float = 1.0) -> d
                             default=-1000.0), sitk.sitkInt16)
     pet_hr = _render(labels, FDG, 6.0 * s, 0.0, rng)
     pet = _on_grid(pet_hr, [4.0 * s] * 3, np.ceil(ext / (4.0 * s)) + 2, -(ext / 2) - np.array((3.0, 5.0, 2.0)) * s)
-    noise = sitk.GetImageFromArray(rng.normal(0.0, 0.15, pet.GetSize()[::-1]).astype(np.float32))
-    noise.CopyInformation(pet)
+    noise = sitk.AdditiveGaussianNoise(pet * 0, 0.15, 0, NOISE_SEED_OFFSET + seed)  # SimpleITK: seed 0 = wall clock
     pet = sitk.Clamp(pet + noise * sitk.Cast(pet > 0.2, sitk.sitkFloat32), lowerBound=0)
     spect_hr = _render(labels, PERFUSION, 11.0 * s, 0.0, rng)
     spect = _on_grid(spect_hr, [4.42 * s] * 3, np.ceil(ext / (4.42 * s)) + 2, -(ext / 2) - np.array((6.0, 2.0, 4.0)) * s)

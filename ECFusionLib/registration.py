@@ -165,3 +165,16 @@ def _nmi(x: np.ndarray, y: np.ndarray, bins: int = 64) -> float:
         return -np.sum(q * np.log(q))
 
     return float((ent(px) + ent(py)) / ent(p.ravel()))
+
+
+def transform_provenance(transform: sitk.Transform | None, mode: str) -> dict:
+    """What to record about the registration of a fusion: ``mode`` (none, rigid, affine, or the transform
+    file given) and the transform itself (ITK class name, parameters, fixed parameters; MRI -> functional)."""
+    if transform is None:
+        return {"mode": "none"}
+    tx = transform
+    if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1:
+        tx = tx.GetNthTransform(0)
+    return {"mode": mode, "transform": tx.GetName(),
+            "parameters": [float(p) for p in tx.GetParameters()],
+            "fixed_parameters": [float(p) for p in tx.GetFixedParameters()]}

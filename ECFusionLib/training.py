@@ -248,7 +248,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name, (value, low) in ints.items():
         if value < low:
             raise ECFusionError(f"{name} must be at least {low}, got {value}")
-    floats = {"learning rate": (cfg.lr, True), "gradient weight": (cfg.grad_weight, False),
+    floats = {"learning rate": (cfg.lr, False), "gradient weight": (cfg.grad_weight, False),
               "intensity weight": (cfg.intensity_weight, False), "SSIM weight": (cfg.ssim_weight, False),
               "perceptual weight": (cfg.perceptual_weight, False)}
     if cfg.clip_grad is not None:

@@ -37,6 +37,15 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def torch_too_old(version: str | None = None) -> bool:
+    """True for torch < 2.6 (``torch.load(weights_only=True)`` bypasses were published for those)."""
+    parts = (version or torch.__version__).split("+")[0].split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) < (2, 6)
+    except (ValueError, IndexError):
+        return False
+
+
 def tensor_checksum(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the tensors of a state dict, in name order: name, dtype, shape, then the raw bytes."""
     h = hashlib.sha256()
@@ -92,6 +101,9 @@ def read_weights(path: str | Path, expected_sha256: str | None = None) -> tuple[
         actual = sha256(path)
         if actual != expected_sha256:
             raise WeightsError(f"weights file {path} is corrupt: SHA-256 {actual[:12]}... does not match the catalogue's {expected_sha256[:12]}...")
+    if expected_sha256 is None and torch_too_old():
+        raise WeightsError(f"PyTorch {torch.__version__} is older than 2.6: its weights_only loading has published "
+                           f"bypasses, so the unverified file {path} is not loaded. Install torch >= 2.6")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file

@@ -1,0 +1,114 @@
+"""Plausibility of the inputs for the task: warn with the likely fix, refuse only what is certainly wrong.
+
+What a file can tell (``input_warnings``):
+- a DICOM modality (``0008|0060``, or ``Modality`` in NRRD/MHA headers): MR for the anatomical image; CT, PT
+  or NM for the functional one, matching the task;
+- values: a CT in Hounsfield units has air near -1000 (some voxels below ``CT_AIR_HU``); a PET or SPECT has no
+  negative values and a coarse grid (``COARSE_MM``); an MRI has no Hounsfield air;
+- grids: the output is on the anatomical grid, so an anatomical image much coarser than the functional one
+  suggests swapped inputs.
+These are heuristics: each gives a warning naming the likely fix (``--task``, swapping the inputs, a CT
+window), never an error. Certainly wrong (``refuse_same_input``): one file given as both inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ECFusionError
+from .safe_files import same_file
+from .tasks import second_modality
+
+CT_AIR_HU = -500.0  # a head CT has air near -1000 HU: some voxels lie below this
+COARSE_MM = 2.5  # PET/SPECT voxels are >= ~2.5 mm in every direction; MRI/CT in-plane voxels are finer
+SWAP_RATIO = 2.0  # anatomical voxels this many times larger than the functional's: swapped inputs?
+DICOM_MODALITY = {"CT": "CT", "PET": "PT", "SPECT": "NM", "MRI": "MR"}
+TASK_OF_MODALITY = {"CT": "CT-MRI", "PT": "PET-MRI", "NM": "SPECT-MRI"}
+SAMPLE = 2_000_000  # voxels looked at (a regular subsample of larger images)
+
+
+def modality_tag(img: sitk.Image) -> str | None:
+    """The DICOM modality stored with the image (MR, CT, PT, NM, ...), or None."""
+    for key in ("0008|0060", "Modality", "modality"):
+        if img.HasMetaDataKey(key):
+            value = img.GetMetaData(key).strip().upper()
+            if value:
+                return value
+    return None
+
+
+def refuse_same_input(anatomical_path, functional_path) -> None:
+    if anatomical_path and functional_path and same_file(anatomical_path, functional_path):
+        raise ECFusionError(f"--anatomical and --functional are the same file ({anatomical_path}); give the MRI "
+                            "and the CT/PET/SPECT image")
+
+
+def _values(img: sitk.Image) -> np.ndarray | None:
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        return None  # RGB pseudocolour: no physical values
+    arr = sitk.GetArrayViewFromImage(img).ravel()
+    step = max(1, arr.size // SAMPLE)
+    return np.asarray(arr[::step], dtype=np.float64)
+
+
+def _voxel_mm(img: sitk.Image) -> float:
+    return float(np.cbrt(np.prod(img.GetSpacing()))) if img.GetDimension() == 3 else float(np.mean(img.GetSpacing()))
+
+
+def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) -> list[str]:
+    """Warnings (each with its likely fix) about inputs that look wrong for ``task``; [] when all is plausible."""
+    modality = second_modality(task)
+    expected = DICOM_MODALITY[modality]
+    warnings = []
+    tag_a, tag_f = modality_tag(anatomical), modality_tag(functional)
+    if tag_a and tag_f and tag_a == expected and tag_f == "MR":
+        warnings.append(f"the anatomical image is labelled {tag_a} and the functional one MR: the inputs look "
+                        f"swapped; give the MRI as --anatomical and the {modality} as --functional")
+        return warnings
+    if tag_a and tag_a != "MR":
+        warnings.append(f"the anatomical image is labelled modality {tag_a}, not MR: --anatomical should be the MRI")
+    if tag_f and tag_f != expected:
+        likely = TASK_OF_MODALITY.get(tag_f)
+        fix = f"; did you mean --task {likely}?" if likely else ""
+        warnings.append(f"the functional image is labelled modality {tag_f} but --task {task} expects {expected}{fix}")
+
+    va, vf = _values(anatomical), _values(functional)
+    if va is not None and va.min() < CT_AIR_HU:
+        warnings.append(f"the anatomical image has values down to {va.min():.0f}, like CT Hounsfield units; "
+                        "--anatomical should be the MRI (a CT goes to --functional with --task CT-MRI)")
+    coarse = functional.GetDimension() == 3 and min(functional.GetSpacing()) >= COARSE_MM
+    if vf is not None and not (tag_f and tag_f != expected):
+        if modality == "CT" and vf.min() >= CT_AIR_HU:
+            if vf.min() >= 0 and coarse:
+                warnings.append(f"the CT image has no negative values and a coarse {min(functional.GetSpacing()):.1f} mm "
+                                "grid, like a PET or SPECT; did you mean --task PET-MRI or --task SPECT-MRI?")
+            else:
+                warnings.append(f"the CT image does not look like Hounsfield units (no voxel below {CT_AIR_HU:.0f}; "
+                                f"values {vf.min():.0f} to {vf.max():.0f}): the default CT window (level 40, width "
+                                "150 HU) would turn it white; pass --ct-level/--ct-window suited to its values, or "
+                                "check that it is a CT")
+        elif modality in ("PET", "SPECT") and vf.min() < CT_AIR_HU:
+            warnings.append(f"the {modality} image has values down to {vf.min():.0f}, like CT Hounsfield units "
+                            f"(a {modality} has no negative values); did you mean --task CT-MRI?")
+    if anatomical.GetDimension() == 3 and functional.GetDimension() == 3:
+        ra, rf = _voxel_mm(anatomical), _voxel_mm(functional)
+        if ra >= SWAP_RATIO * rf and min(anatomical.GetSpacing()) >= COARSE_MM:
+            warnings.append(f"the anatomical image's voxels ({ra:.1f} mm) are much coarser than the functional "
+                            f"image's ({rf:.1f} mm) and the output is on the anatomical grid: are --anatomical "
+                            "and --functional swapped?")
+    return warnings
+
+
+def check_numbers(*, batch_size=None, window=None, level=None, ct_window=None, ct_level=None) -> None:
+    """ECFusionError for numeric settings that cannot be right: a batch size below 1, a window that is not a
+    finite number > 0, a level that is not finite (NaN, inf). None means "default"."""
+    import math
+
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ECFusionError(f"batch size must be a whole number >= 1, got {batch_size}")
+    for name, value in (("window", window), ("CT window", ct_window)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ECFusionError(f"{name} must be a finite number > 0 (a width in the image's units), got {value}")
+    for name, value in (("level", level), ("CT level", ct_level)):
+        if value is not None and not math.isfinite(value):
+            raise ECFusionError(f"{name} must be a finite number, got {value}")
