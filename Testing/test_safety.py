@@ -489,7 +489,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
     data = _tiny_dataset(tmp_path / "data", slices=2)
     out = tmp_path / "run"
-    train(TrainConfig(data=str(data), task="PET-MRI", out=str(out), epochs=1, batch_size=4, upsample=False,
+    train(TrainConfig(data=str(data), task="PET-MRI", out=str(out), epochs=1, batch_size=2, upsample=False,
                       val_cases=["6"], device="cpu", select_metrics=["SSIM"]), log=lambda *_: None)
     ck = torch.load(out / "last.pt", weights_only=True)
     assert set(ck) >= {"model", "optimizer", "scheduler", "sampler_rng", "torch_rng", "state"}
@@ -569,3 +569,13 @@ def test_cancelled_fusion_leaves_nothing_and_exits_130(capsys, monkeypatch, tmp_
     code, text = run(capsys, *fuse_args(inputs["MRI"], inputs["PET"], weights_file, out / "o.nii.gz"))
     assert code == 130 and listing(out) == []
     time.sleep(0)
+
+
+def test_register_rigid_shows_progress_time_and_provenance(capsys, tmp_path, inputs, weights_file):
+    out = tmp_path / "o.nrrd"
+    args = [a for a in fuse_args(inputs["MRI"], inputs["PET"], weights_file, out) if a != "--quiet"]
+    code, text = run(capsys, *args, "--register", "rigid")
+    assert code == 0, text
+    assert "registering (rigid)" in text and "registration rigid included" in text
+    reg = json.loads(sitk.ReadImage(str(out)).GetMetaData("ECFusion_registration"))
+    assert reg["mode"] == "rigid" and len(reg["parameters"]) == 6 and len(reg["fixed_parameters"]) >= 3
