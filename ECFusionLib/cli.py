@@ -447,7 +447,8 @@ def cmd_evaluate(args) -> int:
 
     better = {n: "lower" if n in LOWER_IS_BETTER else "higher" for n in METRICS}
     print("better: " + ", ".join(f"{n} {d}" for n, d in better.items())
-          + "; bg = mean fused grey level where both sources are black (0-255, lower is better: 0 keeps air black)")
+          + "; bg = mean fused grey level where both sources are black (0-255, lower is better: 0 keeps air black)",
+          file=sys.stderr)  # a note for people: stdout stays a plain table
     print(f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names))
     for task in sorted({r["task"] for r in rows}):
         for method in dict.fromkeys(r["method"] for r in rows):
