@@ -61,9 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fuse", help="fuse two volumes, or a folder of 2D PNG pairs", epilog=EPILOG_FUSE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    f.add_argument("--anatomical", help="MRI volume (NRRD, NIfTI or MHA); the output is on its grid")
-    f.add_argument("--functional", help="CT, PET or SPECT volume (scalar, or RGB pseudocolour)")
-    f.add_argument("--task", help=f"{TASK_HELP} (2D mode: taken from the folder names)")
+    f.add_argument("--anatomical", help="MRI volume (NRRD, NIfTI, MHA, or DICOM: a folder or one file of the "
+                                        "series); the output is on its grid")
+    f.add_argument("--functional", help="CT, PET or SPECT volume (scalar, or RGB pseudocolour; or DICOM)")
+    f.add_argument("--task", help=f"{TASK_HELP} (default for DICOM: from the functional series' Modality; 2D mode: "
+                                  "taken from the folder names)")
+    f.add_argument("--anatomical-series", metavar="UID", help="the DICOM series to read when the folder holds several")
+    f.add_argument("--functional-series", metavar="UID", help="the DICOM series to read when the folder holds several")
+    f.add_argument("--pet-units", default="native", choices=["native", "suv"],
+                   help="suv: convert DICOM PET to body-weight SUV first (window/level then in SUV); default: as stored")
     f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
     f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
     f.add_argument("--device", default="auto", choices=DEVICES, help="default: CUDA when available")
@@ -220,77 +226,19 @@ def cmd_fuse(args) -> int:
         if args.anatomical or args.functional:
             raise ECFusionError("use either --input-dir (2D PNG pairs) or --anatomical/--functional (volumes), not both")
         return fuse_png_folder(args)
-    if not (args.anatomical and args.functional and args.task):
-        raise ECFusionError("volume mode needs --anatomical, --functional and --task (or use --input-dir for 2D pairs)")
-    import time
+    if not (args.anatomical and args.functional):
+        raise ECFusionError("volume mode needs --anatomical and --functional (and --task unless the functional input "
+                            "is DICOM), or --input-dir for 2D pairs")
+    from .fuse_files import FuseRequest, fuse_files
 
-    from .fusion import fuse_images
-    from .input_checks import check_numbers, input_warnings, refuse_same_input
-    from .safe_files import refuse_overwriting_inputs
-    from .tasks import check_task
-    from .volume_io import check_output_dimension, check_writable, read_image, sidecar_path, write_image_atomic
-    from .weights import load_model
-
-    task = check_task(args.task)
-    check_numbers(batch_size=args.batch_size, window=args.window, level=args.level, ct_window=args.ct_window,
-                  ct_level=args.ct_level)
-    inputs = [args.anatomical, args.functional, args.transform, args.weights]
-    refuse_same_input(args.anatomical, args.functional)
-    refuse_overwriting_inputs(args.output, inputs)
-    if sidecar_path(args.output) is not None:
-        refuse_overwriting_inputs(sidecar_path(args.output), inputs, what="metadata file (sidecar)")
-    check_writable(args.output)
-    settings = _settings(args, task)
-    model, info = load_model(task, args.weights)
-    anatomical = read_image(args.anatomical, what="anatomical image")
-    check_output_dimension(anatomical, args.output)
-    second = read_image(args.functional, allow_rgb=True, what="functional image")
-    for warning in input_warnings(task, anatomical, second):
-        log.warning(warning)
-    t0 = time.time()
-    transform = _registration_transform(args, anatomical, second)
-    with _ProgressBar(args.quiet, f"fusing {task}") as progress:
-        result = fuse_images(anatomical, second, settings, model=model, weights_info=info, progress=progress,
-                             transform=transform)
-    _record_registration(result, args, transform)
-    write_image_atomic(result.image, args.output, sidecar=result.metadata)
+    with _ProgressBar(args.quiet, "fusing") as progress:
+        done = fuse_files(FuseRequest.from_args(args), progress=progress,
+                          status=None if args.quiet else lambda m: print(m, file=sys.stderr))
     if not args.quiet:
         reg = f", registration {args.register} included" if args.register != "none" else ""
-        print(f"wrote {args.output} ({result.metadata['output']}, {time.time() - t0:.1f} s on "
-              f"{result.metadata['device']}{reg})")
+        print(f"wrote {done.output} ({done.task}, {done.metadata['output']}, {done.seconds:.1f} s on "
+              f"{done.metadata['device']}{reg})")
     return 0
-
-
-def _record_registration(result, args, transform) -> None:
-    """Provenance of the registration: mode (rigid/affine, or the transform file given) and its parameters."""
-    import json
-
-    from .fusion import METADATA_PREFIX
-    from .registration import transform_provenance
-
-    mode = args.register if args.register != "none" else (f"file {args.transform}" if args.transform else "none")
-    result.metadata["registration"] = transform_provenance(transform, mode)
-    result.image.SetMetaData(METADATA_PREFIX + "registration", json.dumps(result.metadata["registration"]))
-
-
-def _registration_transform(args, anatomical, second):
-    """The transform given by --transform, or computed by --register, or None."""
-    import SimpleITK as sitk
-
-    if args.transform and args.register != "none":
-        raise ECFusionError("use either --transform FILE or --register, not both")
-    if args.transform:
-        try:
-            return sitk.ReadTransform(args.transform)
-        except RuntimeError as exc:
-            raise ECFusionError(f"cannot read transform {args.transform}: use an ITK transform file (.tfm, .txt, .h5)") from exc
-    if args.register == "none":
-        return None
-    from .registration import register
-
-    report = (lambda m: None) if args.quiet else (lambda m: print(f"registering ({args.register}): {m}", file=sys.stderr))
-    report("started")
-    return register(anatomical, second, args.register, progress=report)
 
 
 def cmd_register(args) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import is_dicom, read_dicom
 from .errors import ECFusionError
 from .file_integrity import check_complete
 from .nifti_rgb import write_rgb24_nifti
@@ -32,14 +33,16 @@ def full_suffix(path: str | Path) -> str:
 def read_image(path: str | Path, *, allow_rgb: bool = False, what: str = "image") -> sitk.Image:
     """Read and validate one image.
 
-    Errors (ECFusionError) naming what is wrong with this file: missing, a folder, unreadable (permissions),
+    A folder or a DICOM file reads its whole DICOM series (``dicom.read_dicom``).
+    Errors (ECFusionError) naming what is wrong with this file: missing, unreadable (permissions),
     cut off (``file_integrity.check_complete``), a singular direction matrix, not an image; then the checks of
     ``check_image``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ECFusionError(f"{what} {path} is a folder, not an image file; give the image file itself "
-                            "(NRRD, NIfTI, MHA or PNG)")
+    if path.is_dir() or (full_suffix(path) not in IMAGE_SUFFIXES and is_dicom(path)):
+        img = read_dicom(path, what=what)[0]
+        check_image(img, f"{what} {path}", allow_rgb=allow_rgb)
+        return img
     if not path.exists():
         broken = " (a symbolic link whose target is missing)" if path.is_symlink() else ""
         raise ECFusionError(f"{what} file not found: {path}{broken}")

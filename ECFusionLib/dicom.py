@@ -1,0 +1,205 @@
+"""Reading DICOM series with SimpleITK (GDCM): finding the series in a folder, reading the whole series of
+one file, and checking the slice geometry (orientation, spacing, gantry tilt) before trusting it.
+
+Pixel values come out as float32 with each file's Rescale Slope/Intercept applied (CT in HU, PET in the
+series' Units). Physical units: mm, LPS, as DICOM and SimpleITK use them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ECFusionError
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+TAGS = {"modality": "0008|0060", "description": "0008|103e", "series_uid": "0020|000e",
+        "position": "0020|0032", "orientation": "0020|0037", "units": "0054|1001"}
+SPACING_TOLERANCE = (0.01, 0.01)  # slice spacings may differ by 0.01 mm + 1 % (rounded positions)
+TILT_TOLERANCE_DEG = 0.1
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM series: its files sorted by slice position (GDCM), and what its first file says."""
+
+    uid: str
+    modality: str
+    description: str
+    files: list[str] = field(default_factory=list)
+    units: str = ""  # PET: Units (0054,1001), e.g. BQML
+
+    def provenance(self) -> dict:
+        return {"series_uid": self.uid, "modality": self.modality, "description": self.description,
+                "images": len(self.files), **({"units": self.units} if self.units else {})}
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A folder (read as DICOM series), a file with a DICOM suffix, or a file with the DICM preamble."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _header(file: str) -> dict[str, str]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    reader.ReadImageInformation()
+    return {name: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else "" for name, tag in TAGS.items()}
+
+
+def list_series(folder: str | Path) -> list[SeriesInfo]:
+    """Every DICOM series directly in ``folder`` (not its subfolders)."""
+    folder = str(folder)
+    out = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        head = _header(files[0])
+        out.append(SeriesInfo(uid=uid, modality=head["modality"], description=head["description"], files=files,
+                              units=head["units"]))
+    return out
+
+
+def series_table(series: list[SeriesInfo]) -> str:
+    rows = [("series UID", "modality", "description", "images")]
+    rows += [(s.uid, s.modality or "?", s.description or "-", str(len(s.files))) for s in series]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def find_series(path: str | Path, series_uid: str | None = None, *, what: str = "image",
+                choose_with: str = "--series") -> tuple[SeriesInfo, str | None]:
+    """The series to read for ``path`` (a folder or one file of a series) and a note for the user, or None.
+
+    A folder with several series needs ``series_uid`` (else an error lists them); one file of a
+    multi-file series gives its whole series, with a note saying so.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    series = list_series(folder)
+    if path.is_file():
+        try:
+            own = _header(str(path))["series_uid"]
+        except RuntimeError as exc:
+            raise ECFusionError(f"cannot read {what} {path}: not a readable DICOM file ({_last_line(exc)})") from exc
+        if series_uid and series_uid != own:
+            raise ECFusionError(f"{what} {path} belongs to series {own}, not {series_uid}")
+        series_uid = own
+        match = [s for s in series if s.uid == own and str(path.resolve()) in {str(Path(f).resolve()) for f in s.files}]
+        if not match:  # GDCM could not group it (e.g. no series UID): the file alone
+            return SeriesInfo(uid=own, modality=_header(str(path))["modality"], description="", files=[str(path)]), None
+        chosen = match[0]
+        note = None
+        if len(chosen.files) > 1:
+            note = (f"{what} {path} is one image of a {len(chosen.files)}-image series; reading the whole series "
+                    f"from {folder}")
+        return chosen, note
+    if not series:
+        sub = sorted(p.name for p in folder.iterdir() if p.is_dir() and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+        hint = f"; its subfolders {', '.join(sub[:5])}{' ...' if len(sub) > 5 else ''} do: pass one of them" if sub else ""
+        raise ECFusionError(f"{what} folder {folder} holds no DICOM series{hint}")
+    if series_uid:
+        match = [s for s in series if s.uid == series_uid]
+        if not match:
+            raise ECFusionError(f"{what} folder {folder} has no series {series_uid}; it holds:\n{series_table(series)}")
+        return match[0], None
+    if len(series) > 1:
+        raise ECFusionError(f"{what} folder {folder} holds {len(series)} DICOM series; choose one with "
+                            f"{choose_with} UID:\n{series_table(series)}")
+    return series[0], None
+
+
+def read_series(series: SeriesInfo, what: str = "image") -> sitk.Image:
+    """The series as a float32 volume (rescale applied), after checking its slice geometry (``check_geometry``).
+
+    Metadata: the first file's DICOM tags ("gggg|eeee" keys), including the Modality.
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(series.files)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise ECFusionError(f"cannot read {what} DICOM series {series.uid}: {_last_line(exc)}") from exc
+    if len(series.files) > 1:
+        positions = [_floats(reader.GetMetaData(i, TAGS["position"])) if reader.HasMetaDataKey(i, TAGS["position"])
+                     else None for i in range(len(series.files))]
+        orientations = [_floats(reader.GetMetaData(i, TAGS["orientation"]))
+                        if reader.HasMetaDataKey(i, TAGS["orientation"]) else None for i in range(len(series.files))]
+        check_geometry(positions, orientations, f"{what} DICOM series {series.uid}")
+    for key in reader.GetMetaDataKeys(0):
+        image.SetMetaData(key, reader.GetMetaData(0, key))
+    return image
+
+
+def check_geometry(positions: list, orientations: list, what: str) -> None:
+    """ECFusionError unless the slices form a regular volume: one orientation, distinct positions along the
+    slice normal, equal spacing, no in-plane shift from slice to slice (gantry tilt).
+
+    positions: Image Position (Patient) of each slice, mm; orientations: Image Orientation (Patient), 6 cosines.
+    """
+    if any(p is None or len(p) != 3 for p in positions) or any(o is None or len(o) != 6 for o in orientations):
+        raise ECFusionError(f"{what}: some images lack Image Position/Orientation (Patient); the volume's geometry "
+                            "is unknown. Export the series again with its geometry tags.")
+    o = np.array(orientations)
+    if np.abs(o - o[0]).max() > 1e-4:
+        raise ECFusionError(f"{what}: the slice orientation changes within the series (a localiser or several stacks "
+                            "in one series?); split the series or choose another one")
+    normal = np.cross(o[0, :3], o[0, 3:])
+    p = np.array(positions)
+    order = np.argsort(p @ normal)
+    p = p[order]
+    along = p @ normal
+    steps = np.diff(along)
+    if len(steps) == 0:
+        return
+    dup = int(np.sum(steps < 1e-3))
+    if dup:
+        raise ECFusionError(f"{what}: {dup + 1} images share a slice position: the series holds several volumes "
+                            "(time frames, echoes or phases); export one volume per series")
+    step = float(np.median(steps))
+    abs_tol, rel_tol = SPACING_TOLERANCE
+    if np.abs(steps - step).max() > abs_tol + rel_tol * step:
+        raise ECFusionError(f"{what}: the slice spacing varies from {steps.min():.3g} to {steps.max():.3g} mm "
+                            "(missing slices, or stacks of different spacing); check the series is complete, or "
+                            "resample it to a regular grid first (e.g. 3D Slicer's DICOM import with acquisition "
+                            "geometry regularization)")
+    shift = (p - p[0]) - np.outer(along - along[0], normal)
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(shift[-1]), along[-1] - along[0])))
+    if tilt > TILT_TOLERANCE_DEG and np.abs(shift).max() > abs_tol:
+        raise ECFusionError(f"{what}: the slices are shifted in-plane from one to the next (gantry tilt of "
+                            f"{tilt:.1f} degrees); this volume cannot be read as a regular grid. Resample it first "
+                            "(e.g. 3D Slicer's DICOM import with acquisition geometry regularization), then pass the "
+                            "resampled volume")
+
+
+def read_dicom(path: str | Path, series_uid: str | None = None, *, what: str = "image",
+               choose_with: str = "--series") -> tuple[sitk.Image, SeriesInfo, str | None]:
+    """Find (``find_series``) and read (``read_series``) the series of ``path``: (image, series, note or None)."""
+    series, note = find_series(path, series_uid, what=what, choose_with=choose_with)
+    return read_series(series, what), series, note
+
+
+def _floats(text: str) -> list[float] | None:
+    try:
+        return [float(v) for v in text.strip().split("\\")]
+    except ValueError:
+        return None
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else repr(exc)
