@@ -17,11 +17,12 @@ def new_uid(n: int) -> str:
 
 def write_series(image: sitk.Image, folder, *, modality: str, series_uid: str, description: str = "",
                  study_uid: str | None = None, extra: dict | None = None, slope: float | None = None,
-                 tilt_mm_per_slice: float = 0.0, drop_slices=(), file_prefix: str = "IM") -> list[Path]:
+                 tilt_mm_per_slice: float = 0.0, drop_slices=(), file_prefix: str = "IM",
+                 per_slice_slope: bool = False) -> list[Path]:
     """Write the 3D ``image`` as one DICOM file per slice (along its third index axis) into ``folder``.
 
-    Float images are stored as int16 with RescaleSlope ``slope`` (default: fitted to the range) and
-    intercept 0. ``tilt_mm_per_slice`` shifts each slice's position along the column direction (a gantry
+    Float images are stored as int16 with RescaleSlope ``slope`` (default: fitted to the range; with
+    ``per_slice_slope``, fitted to each slice, as PET scanners do) and intercept 0. ``tilt_mm_per_slice`` shifts each slice's position along the column direction (a gantry
     tilt); ``drop_slices`` leaves slices out (inconsistent spacing). ``extra``: more tags {"gggg|eeee": value}.
     Files are written in reverse order so that readers must sort by position. Returns the paths.
     """
@@ -52,6 +53,8 @@ def write_series(image: sitk.Image, folder, *, modality: str, series_uid: str, d
         pos = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * tilt_mm_per_slice * direction[:, 1]
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
+        if is_float and per_slice_slope:
+            sl.SetMetaData("0028|1053", repr(max(float(np.abs(sitk.GetArrayViewFromImage(sl)).max()) / 30000.0, 1e-6)))
         sl.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in pos))
         sl.SetMetaData("0020|0013", str(k + 1))
         sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
