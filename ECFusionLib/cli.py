@@ -1,7 +1,7 @@
 """The ``ecfusion`` command: fuse, train, evaluate.
 
-Exit codes: 0 success; 2 bad input or usage; 3 missing/corrupt weights; 130 cancelled (Ctrl-C or SIGTERM);
-1 unexpected error.
+Exit codes: 0 success; 2 bad input or usage; 3 missing/corrupt weights; 4 some batch rows failed;
+130 cancelled (Ctrl-C or SIGTERM); 1 unexpected error.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 
+from .batch import add_batch_parser, cmd_batch
 from .colour import COLORMAPS
 from .errors import ECFusionError
 from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the image checks: bone_kept (CT-MRI: fused/CT where CT >= 200 and MRI < 100) and "
                         "hot_kept (PET/SPECT-MRI: fused Y / functional Y over its brightest 1 %%); target >= 0.95")
     e.add_argument("--csv", help="write the per-image metrics to this CSV file")
+
+    add_batch_parser(sub)
 
     d = sub.add_parser("demo", help="fuse the bundled digital phantom (MRI + PET) on the CPU")
     d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
@@ -437,7 +440,7 @@ def cmd_demo(args) -> int:
 log = logging.getLogger("ECFusionLib.cli")
 
 COMMANDS = {"fuse": cmd_fuse, "register": cmd_register, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "models": cmd_models}
+            "models": cmd_models, "batch": cmd_batch}
 
 
 class _WarningHandler(logging.Handler):

@@ -1,0 +1,136 @@
+"""The worker side of ``ecfusion batch``: one row fused (or skipped), with the network loaded once per worker
+process, and the plugin that sets up each Dask worker (torch threads, GPU)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from distributed import WorkerPlugin
+
+from .errors import ECFusionError
+
+
+@dataclass
+class BatchJob:
+    """What a worker needs for one row."""
+
+    id: str
+    line: int
+    request: object  # fuse_files.FuseRequest
+    force: bool = False
+
+
+_MODELS: dict = {}  # (task, weights) -> (model, info), per worker process
+LOADS = 0  # how many times this process loaded a network (tests check it stays at one per task)
+_MODELS_LOCK = threading.Lock()
+_WEIGHTS_SHA: dict = {}  # (path, size, mtime) -> SHA-256
+
+
+def cached_model(task: str, weights: str | None):
+    """``weights.load_model`` once per worker process and (task, weights)."""
+    from .weights import load_model
+
+    global LOADS
+    key = (task, weights)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(task, weights)
+            LOADS += 1
+        return _MODELS[key]
+
+
+def weights_sha256(task: str, weights: str | None) -> str:
+    """The SHA-256 of the weights a row uses (the catalogue's for the bundled ones; cached per file)."""
+    from .weights import bundled_weights, sha256
+
+    if weights is None:
+        return bundled_weights(task)[1]
+    st = os.stat(weights)
+    key = (weights, st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHTS_SHA:
+        _WEIGHTS_SHA[key] = sha256(weights)
+    return _WEIGHTS_SHA[key]
+
+
+def _up_to_date(job: BatchJob) -> dict | None:
+    """The output's recorded provenance when it matches the row's inputs, settings and weights now; else None."""
+    from .fuse_files import current_job, recorded_metadata
+
+    recorded = recorded_metadata(job.request.output)
+    if not recorded or not isinstance(recorded.get("job"), dict):
+        return None
+    now = current_job(job.request)
+    keys = ("anatomical_sha256", "functional_sha256", "settings_sha256")
+    if any(recorded["job"].get(k) != now[k] for k in keys):
+        return None
+    try:
+        if recorded.get("weights_sha256") != weights_sha256(recorded.get("task", ""), job.request.weights):
+            return None
+    except (OSError, ECFusionError):
+        return None
+    return recorded
+
+
+def run_row(job: BatchJob) -> dict:
+    """Fuse (or skip) one row; never raises: a failure is a record with status "failed" and the message."""
+    import base64
+
+    from .fuse_files import fuse_files
+    from .thumbnails import thumbnail_png
+
+    t0 = time.perf_counter()
+    record = {"id": job.id, "line": job.line, "output": str(job.request.output), "message": ""}
+    try:
+        recorded = None if job.force else _up_to_date(job)
+        if recorded is not None:
+            import SimpleITK as sitk
+
+            record.update(status="skipped", message="output up to date", task=recorded.get("task", ""),
+                          weights_sha256=recorded.get("weights_sha256", ""), **_hashes(recorded["job"]))
+            image = sitk.ReadImage(str(job.request.output))
+        else:
+            done = fuse_files(job.request, load_model=cached_model)
+            record.update(status="ok", message="; ".join(done.warnings), task=done.task,
+                          weights_sha256=done.metadata.get("weights_sha256", ""), **_hashes(done.metadata["job"]))
+            image = done.image
+        record["thumbnail"] = base64.b64encode(thumbnail_png(image)).decode()
+    except ECFusionError as exc:
+        record.update(status="failed", message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one row's unexpected failure must not stop the batch
+        record.update(status="failed", message=f"unexpected error: {type(exc).__name__}: {exc}")
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return record
+
+
+def _hashes(job_record: dict) -> dict:
+    return {k: job_record.get(k, "") for k in ("anatomical_sha256", "functional_sha256", "settings_sha256")}
+
+
+class WorkerSetup(WorkerPlugin):
+    """A Dask worker plugin: torch threads and this worker's GPU, set once when each worker starts.
+
+    threads None: the worker's cores (CPU affinity) divided by its Dask threads (concurrent rows).
+    GPU: worker number modulo the GPUs it sees (LocalCluster names workers 0, 1, ...).
+    """
+
+    name = "ecfusion-worker-setup"
+
+    def __init__(self, threads: int | None, device: str):
+        self.threads, self.device = threads, device
+
+    def setup(self, worker) -> None:
+        import logging
+
+        import torch
+
+        logging.getLogger("ECFusionLib").setLevel(logging.ERROR)  # warnings reach the report via run_row instead
+
+        nthreads = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(self.threads or max(1, cores // nthreads))
+        if self.device != "cpu" and torch.cuda.is_available():
+            name = worker.name
+            index = name if isinstance(name, int) else sum(map(ord, str(name)))
+            torch.cuda.set_device(index % torch.cuda.device_count())

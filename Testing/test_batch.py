@@ -1,0 +1,124 @@
+"""``ecfusion batch`` on a real Dask cluster: three tiny rows (NRRD, a DICOM folder, a broken file), the
+reports, re-runs that skip, --force, --scheduler, and manifest errors found before anything runs."""
+import base64
+import csv
+import hashlib
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ECFusionLib import batch_worker
+from ECFusionLib.cli import main
+from ECFusionLib.manifest import read_manifest
+
+from conftest import file_digest
+from dicom_helpers import new_uid, write_series
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def report(folder):
+    with open(Path(folder) / "report.csv", newline="") as fh:
+        return {r["id"]: r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, phantom, phantom_files):
+    """A manifest of three rows: NRRD pair, DICOM PET folder (task from its Modality), a broken CT file."""
+    root = tmp_path_factory.mktemp("cohort")
+    write_series(phantom["PET"], root / "pet_dicom", modality="PT", series_uid=new_uid(21), description="FDG")
+    (root / "broken.nrrd").write_bytes(b"NRRD0004\nnot an image\n")
+    manifest = root / "cohort.csv"
+    manifest.write_text("id,anatomical,functional,task,window,level\n"
+                        f"nrrd,{phantom_files['MRI']},{phantom_files['PET']},PET-MRI,8,4\n"
+                        f"dicom,{phantom_files['MRI']},pet_dicom,,,\n"  # relative to the manifest's folder
+                        f"broken,{phantom_files['MRI']},broken.nrrd,CT-MRI,,\n")
+    return manifest
+
+
+def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, phantom_files, weights_file):
+    out = tmp_path / "out"
+    base = ["batch", cohort, "--output-dir", out, "--weights", weights_file, "--device", "cpu"]
+    code, text = run(capsys, *base, "--workers", "2")
+    assert code == 4, text  # one row failed; the others are done
+    assert "Traceback" not in text and "2 local workers" in text
+    rows = report(out)
+    assert list(rows) == ["nrrd", "dicom", "broken"]  # manifest order
+    assert [rows[k]["status"] for k in rows] == ["ok", "ok", "failed"]
+    assert "cannot read functional image" in rows["broken"]["message"] and not (out / "broken.nrrd").exists()
+    assert rows["dicom"]["task"] == "PET-MRI"  # from the series' Modality
+    assert rows["nrrd"]["anatomical_sha256"] == file_digest(phantom_files["MRI"])
+    assert rows["nrrd"]["functional_sha256"] == file_digest(phantom_files["PET"])
+    series_files = sorted((cohort.parent / "pet_dicom").iterdir())  # IMkkkk: sorted by position
+    assert rows["dicom"]["functional_sha256"] == hashlib.sha256(b"".join(p.read_bytes() for p in series_files)).hexdigest()
+    assert rows["nrrd"]["weights_sha256"] == file_digest(weights_file)
+    assert float(rows["nrrd"]["seconds"]) > 0 and Path(rows["nrrd"]["output"]) == out / "nrrd.nrrd"
+
+    # one path: the batch row equals `ecfusion fuse` with the same inputs and settings
+    code, text = run(capsys, "fuse", "--anatomical", phantom_files["MRI"], "--functional", phantom_files["PET"],
+                     "--task", "PET-MRI", "--window", "8", "--level", "4", "--weights", weights_file, "--device", "cpu",
+                     "--output", tmp_path / "single.nrrd", "--quiet")
+    assert code == 0, text
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))).astype(float) for p in (out / "nrrd.nrrd", tmp_path / "single.nrrd"))
+    assert np.abs(a - b).mean() < 0.5
+
+    page = (out / "report.html").read_text()
+    thumbs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(thumbs) == 2 and "cannot read functional image" in page
+    (tmp_path / "thumb.png").write_bytes(base64.b64decode(thumbs[0]))
+    thumb = sitk.ReadImage(str(tmp_path / "thumb.png"))
+    assert thumb.GetNumberOfComponentsPerPixel() == 3 and thumb.GetHeight() == 160 and thumb.GetWidth() > 3 * 100
+
+    # the same command again, on an existing cluster (--scheduler): up-to-date rows are skipped
+    from dask.distributed import Client, LocalCluster
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.nrrd")}
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        code, text = run(capsys, *base, "--scheduler", cluster.scheduler_address)
+        assert code == 4, text
+        assert [r["status"] for r in report(out).values()] == ["skipped", "skipped", "failed"]
+        assert "skipped nrrd" in text and "skipped dicom" in text
+        assert {p: p.stat().st_mtime_ns for p in out.glob("*.nrrd")} == mtimes
+        assert len(re.findall("data:image/png;base64", (out / "report.html").read_text())) == 2
+        code, text = run(capsys, *base, "--scheduler", cluster.scheduler_address, "--force")
+        assert [r["status"] for r in report(out).values()] == ["ok", "ok", "failed"]
+        # the network is loaded once per worker and task (PET-MRI, CT-MRI), not once per row
+        assert all(n <= 2 for n in client.run(lambda: batch_worker.LOADS).values())
+
+
+def test_changed_settings_or_inputs_are_not_up_to_date(tmp_path, cohort, phantom, weights_file, capsys):
+    rows = read_manifest(cohort, tmp_path, device="cpu", weights=weights_file)
+    job = batch_worker.BatchJob(rows[0].id, rows[0].line, rows[0].request)
+    assert batch_worker.run_row(job)["status"] == "ok"
+    assert batch_worker.run_row(job)["status"] == "skipped"
+    changed = batch_worker.BatchJob(job.id, job.line, replace(job.request, window=9.0))
+    assert batch_worker._up_to_date(changed) is None
+    moved = tmp_path / "pet.nrrd"  # same name, different content
+    sitk.WriteImage(phantom["PET"] * 2.0, str(moved))
+    assert batch_worker._up_to_date(batch_worker.BatchJob(job.id, job.line, replace(job.request, functional=str(moved)))) is None
+    assert batch_worker.run_row(replace(job, force=True))["status"] == "ok"
+
+
+def test_manifest_errors_with_line_numbers_before_anything_runs(capsys, tmp_path, phantom_files):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("anatomical,functional,tsk,colour\nmri.nrrd,pet.nrrd,PET-MRI,red\n")
+    code, text = run(capsys, "batch", bad, "--output-dir", tmp_path / "out")
+    assert code == 2 and "line 1: missing column task" in text and "unknown settings tsk, colour" in text
+    bad.write_text("anatomical,functional,task,window,id\n"
+                   f"{phantom_files['MRI']},{phantom_files['PET']},PET-MRI,,a\n"
+                   f"{phantom_files['MRI']},{phantom_files['PET']},PET-MRI,wide,b\n"
+                   f"{phantom_files['MRI']},{phantom_files['PET']},PET-CT,,c\n"
+                   f"{phantom_files['MRI']},{phantom_files['PET']},PET-MRI,,a\n")
+    code, text = run(capsys, "batch", bad, "--output-dir", tmp_path / "out")
+    assert code == 2 and "Traceback" not in text and "3 problems; nothing was run" in text
+    assert "line 3: argument --window: invalid float value: 'wide'" in text
+    assert "line 4: unknown task 'PET-CT'" in text and "line 5: id 'a' is also on line 2" in text
+    assert not (tmp_path / "out").exists()
