@@ -78,6 +78,10 @@ def _start_cluster(args):
         client.register_plugin(WorkerSetup(args.threads, args.device))
         n = len(client.scheduler_info()["workers"])
         return client, None, f"Dask cluster {args.scheduler} ({n} workers now)"
+    if args.device == "cuda":
+        from .engine import resolve_device
+
+        resolve_device("cuda")  # no GPU here: say so once, not once per row
     workers = args.workers or default_workers(args.device)
     if workers < 1:
         raise ECFusionError("--workers must be at least 1")
@@ -90,10 +94,7 @@ def _start_cluster(args):
 
 
 def cmd_batch(args) -> int:
-    from tqdm import tqdm
-
     from .batch_report import ReportWriter
-    from .batch_worker import BatchJob, run_row
     from .manifest import read_manifest
 
     if args.threads is not None and args.threads < 1:
@@ -103,49 +104,63 @@ def cmd_batch(args) -> int:
         raise ECFusionError(f"--output-dir {out_dir} is a file; give a folder")
     weights = str(Path(args.weights).resolve()) if args.weights else None
     rows = read_manifest(args.manifest, out_dir, device=args.device, weights=weights)  # errors before anything runs
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        Path(row.request.output).parent.mkdir(parents=True, exist_ok=True)
-    report = ReportWriter(out_dir, args.manifest)
-    client, cluster, where = _start_cluster(args)
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
-    if not args.quiet:
-        print(f"{len(rows)} rows on {where}", file=sys.stderr)
-    bar = tqdm(total=len(rows), unit="row", desc="batch", disable=args.quiet, file=sys.stderr)
-    futures = []
-    try:
-        from dask.distributed import as_completed
+    if args.device == "cuda" and not args.scheduler:
+        from .engine import resolve_device
 
-        futures = [client.submit(run_row, BatchJob(r.id, r.line, r.request, args.force), pure=False,
-                                 key=f"ecfusion-row-{i}-{r.id}-{time.time_ns()}") for i, r in enumerate(rows)]
-        by_key = {f.key: row for f, row in zip(futures, rows)}
-        for future in as_completed(futures):
-            row = by_key[future.key]
-            try:
-                record = future.result()
-            except Exception as exc:  # noqa: BLE001 - the worker died (memory, crash): this row fails alone
-                record = {"id": row.id, "line": row.line, "output": str(row.request.output), "status": "failed",
-                          "seconds": "", "message": f"the worker running it was lost ({type(exc).__name__}: {exc})"}
-            report.add(record)
-            counts[record["status"]] += 1
-            if record["status"] != "ok" and not args.quiet:
-                bar.write(f"{record['status']} {record['id']}: {record['message'].splitlines()[0] if record['message'] else ''}",
-                          file=sys.stderr)
-            elif record["status"] == "failed":
-                print(f"failed {record['id']}: {record['message']}", file=sys.stderr)
-            bar.set_postfix(counts, refresh=False)
-            bar.update(1)
-    except KeyboardInterrupt:
-        for f in futures:
-            f.cancel()
-        raise
+        resolve_device("cuda")  # no GPU here: say so once, not once per row
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            Path(row.request.output).parent.mkdir(parents=True, exist_ok=True)
+        report = ReportWriter(out_dir, args.manifest)
+    except OSError as exc:
+        raise ECFusionError(f"cannot write into {out_dir} ({exc.strerror}); choose another --output-dir") from exc
+    client = cluster = None
+    try:
+        client, cluster, where = _start_cluster(args)
+        if not args.quiet:
+            print(f"{len(rows)} rows on {where}", file=sys.stderr)
+        counts = _run(client, rows, args, report)
     finally:
-        bar.close()
         report.close()
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
     if not args.quiet:
         print(f"{counts['ok']} fused, {counts['skipped']} skipped, {counts['failed']} failed; "
               f"report: {report.csv_path} and {report.html_path}")
     return BATCH_FAILED if counts["failed"] else 0
+
+
+def _run(client, rows, args, report) -> dict:
+    """Submit every row, record each as it finishes, one progress bar over rows; returns the status counts."""
+    from dask.distributed import as_completed
+    from tqdm import tqdm
+
+    from .batch_worker import BatchJob, run_row
+
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    futures = [client.submit(run_row, BatchJob(r.id, r.line, r.request, args.force), pure=False,
+                             key=f"ecfusion-row-{i}-{r.id}-{time.time_ns()}") for i, r in enumerate(rows)]
+    by_key = {f.key: row for f, row in zip(futures, rows)}
+    with tqdm(total=len(rows), unit="row", desc="batch", disable=args.quiet, file=sys.stderr) as bar:
+        try:
+            for future in as_completed(futures):
+                row = by_key[future.key]
+                try:
+                    record = future.result()
+                except Exception as exc:  # noqa: BLE001 - the worker died (memory, crash): this row fails alone
+                    record = {"id": row.id, "line": row.line, "output": str(row.request.output), "status": "failed",
+                              "seconds": "", "message": f"the worker running it was lost ({type(exc).__name__}: {exc})"}
+                report.add(record)
+                counts[record["status"]] += 1
+                if record["status"] != "ok" and (not args.quiet or record["status"] == "failed"):
+                    first = (record["message"] or "").splitlines()[0] if record["message"] else ""
+                    bar.write(f"{record['status']} {record['id']}: {first}", file=sys.stderr)
+                bar.set_postfix(counts, refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            client.cancel(futures)
+            raise
+    return counts
