@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="phantom MRI grid: SIZE x 1.2 SIZE x SIZE voxels")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     results = []
@@ -50,18 +51,21 @@ def main() -> None:
         for n in args.workers:
             out = Path(tmp) / f"out{n}"
             t0 = time.perf_counter()
+            threads = args.threads or max(1, cores // n)
             code = ecfusion(["batch", str(manifest), "--output-dir", str(out), "--workers", str(n), "--device",
-                             args.device, "--force", "--quiet"])
+                             args.device, "--threads", str(threads), "--force", "--quiet"])
             wall = time.perf_counter() - t0
             with open(out / "report.csv", newline="") as fh:
                 report = list(csv.DictReader(fh))
             busy = sum(float(r["seconds"]) for r in report)
             ok = sum(r["status"] == "ok" for r in report)
-            results.append((n, max(1, cores // n), wall, 60 * ok / wall, busy / ok if ok else float("nan")))
-            print(f"{n} worker(s) x {max(1, cores // n)} thread(s): {ok}/{args.rows} rows ok (exit {code}) in "
+            results.append((n, threads, wall, 60 * ok / wall, busy / ok if ok else float("nan")))
+            print(f"{n} worker(s) x {threads} thread(s): {ok}/{args.rows} rows ok (exit {code}) in "
                   f"{wall:.1f} s = {60 * ok / wall:.1f} rows/min; {busy / max(ok, 1):.2f} s per row in the worker")
     base = results[0][3]
-    print(f"\n{args.rows} rows, MRI {args.size}x{round(args.size * 1.2)}x{args.size}, {cores} cores, device {args.device}\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{args.rows} rows, MRI {args.size}x{round(args.size * 1.2)}x{args.size}, {cores} cores, device "
+          f"{args.device}, load average {load:.1f} at the end\n")
     print("| workers x torch threads | wall (s) | rows/min | speed-up | s per row in a worker |")
     print("|---|---|---|---|---|")
     for n, t, wall, rate, per_row in results:
