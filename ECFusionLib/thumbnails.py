@@ -10,7 +10,6 @@ import zlib
 
 import numpy as np
 import SimpleITK as sitk
-from skimage.transform import resize
 
 GAP = 4  # black pixels between the views
 
@@ -31,11 +30,21 @@ def views(image: sitk.Image, height: int = 160) -> list[np.ndarray]:
     planes = [(arr[nz // 2], sy, sx),  # axial: rows A->P, columns R->L
               (arr[::-1, ny // 2], sz, sx),  # coronal: rows S->I, columns R->L
               (arr[::-1, :, nx // 2], sz, sy)]  # sagittal: rows S->I, columns A->P
-    out = []
-    for plane, row_mm, col_mm in planes:
-        shape = (max(1, round(plane.shape[0] * row_mm / mm_per_px)), max(1, round(plane.shape[1] * col_mm / mm_per_px)))
-        out.append(_rgb(resize(plane, shape + plane.shape[2:], order=1, preserve_range=True, anti_aliasing=True)))
-    return out
+    return [_rgb(_resample(plane, row_mm, col_mm, mm_per_px)) for plane, row_mm, col_mm in planes]
+
+
+def _resample(plane: np.ndarray, row_mm: float, col_mm: float, mm_per_px: float) -> np.ndarray:
+    """A 2D slice (H x W or H x W x 3) with pixels of row_mm x col_mm resampled to square ``mm_per_px`` pixels
+    (linear, after a Gaussian of half the new pixel size where it shrinks, against aliasing)."""
+    img = sitk.GetImageFromArray(plane.astype(np.float32), isVector=plane.ndim == 3)
+    img.SetSpacing((col_mm, row_mm))
+    if mm_per_px > 1.5 * min(row_mm, col_mm):
+        img = sitk.SmoothingRecursiveGaussian(img, mm_per_px / 2)
+    size = [max(1, round(plane.shape[1] * col_mm / mm_per_px)), max(1, round(plane.shape[0] * row_mm / mm_per_px))]
+    ref = sitk.Image(size, img.GetPixelID(), img.GetNumberOfComponentsPerPixel())
+    ref.SetSpacing((mm_per_px, mm_per_px))
+    ref.SetOrigin([(mm_per_px - s) / 2 for s in (col_mm, row_mm)])  # same edges, not same first centre
+    return sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0))
 
 
 def _rgb(plane: np.ndarray) -> np.ndarray:

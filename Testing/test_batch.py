@@ -122,3 +122,15 @@ def test_manifest_errors_with_line_numbers_before_anything_runs(capsys, tmp_path
     assert "line 3: argument --window: invalid float value: 'wide'" in text
     assert "line 4: unknown task 'PET-CT'" in text and "line 5: id 'a' is also on line 2" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_thumbnails_show_anatomy_whatever_the_storage_order(phantom):
+    from ECFusionLib.thumbnails import contact_strip
+
+    grey = sitk.Cast(sitk.RescaleIntensity(phantom["MRI"], 0, 255), sitk.sitkUInt8)
+    strip = contact_strip(grey)
+    assert strip.shape[0] == 160 and strip.dtype == np.uint8 and strip.max() > 100
+    for stored in (sitk.PermuteAxes(grey, [1, 2, 0]), sitk.Flip(grey, [True, False, True])):
+        assert np.array_equal(contact_strip(stored), strip)
+    left_half = strip[:, : strip.shape[1] // 3].astype(float)
+    assert np.abs(left_half - left_half[::-1]).mean() > 1  # the axial view is not up-down symmetric: not trivial
