@@ -109,7 +109,8 @@ def find_series(path: str | Path, series_uid: str | None = None, *, what: str = 
     if not series:
         sub = sorted(p.name for p in folder.iterdir() if p.is_dir() and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
         hint = f"; its subfolders {', '.join(sub[:5])}{' ...' if len(sub) > 5 else ''} do: pass one of them" if sub else ""
-        raise ECFusionError(f"{what} folder {folder} holds no DICOM series{hint}")
+        raise ECFusionError(f"{what} {folder} is a folder with no DICOM series in it{hint}; give an image file "
+                            "(NRRD, NIfTI, MHA) or a folder holding a DICOM series")
     if series_uid:
         match = [s for s in series if s.uid == series_uid]
         if not match:

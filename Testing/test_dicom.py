@@ -190,6 +190,6 @@ def test_empty_folder_and_subfolders(capsys, tmp_path, series, weights_file):
     folders, _ = series
     (tmp_path / "empty").mkdir()
     code, text = fuse(capsys, folders["MRI"], tmp_path / "empty", tmp_path / "o.nrrd", weights_file)
-    assert code == 2 and "holds no DICOM series" in text
+    assert code == 2 and "is a folder with no DICOM series in it" in text
     code, text = fuse(capsys, folders["MRI"], folders["PET"].parent, tmp_path / "o.nrrd", weights_file)
     assert code == 2 and "its subfolders" in text and "pet" in text
