@@ -136,10 +136,15 @@ def read_series(series: SeriesInfo, what: str = "image") -> sitk.Image:
     except RuntimeError as exc:
         raise ECFusionError(f"cannot read {what} DICOM series {series.uid}: {_last_line(exc)}") from exc
     if len(series.files) > 1:
-        positions = [_floats(reader.GetMetaData(i, TAGS["position"])) if reader.HasMetaDataKey(i, TAGS["position"])
-                     else None for i in range(len(series.files))]
-        orientations = [_floats(reader.GetMetaData(i, TAGS["orientation"]))
-                        if reader.HasMetaDataKey(i, TAGS["orientation"]) else None for i in range(len(series.files))]
+        positions, orientations = [], []
+        for i, file in enumerate(series.files):
+            if reader.HasMetaDataKey(i, TAGS["position"]) and reader.HasMetaDataKey(i, TAGS["orientation"]):
+                positions.append(_floats(reader.GetMetaData(i, TAGS["position"])))
+                orientations.append(_floats(reader.GetMetaData(i, TAGS["orientation"])))
+            else:  # enhanced (multi-frame) objects keep them in functional group sequences
+                position, orientation = _functional_group_geometry(file)
+                positions.append(position)
+                orientations.append(orientation)
         check_geometry(positions, orientations, f"{what} DICOM series {series.uid}")
     for key in reader.GetMetaDataKeys(0):
         image.SetMetaData(key, reader.GetMetaData(0, key))
@@ -192,6 +197,26 @@ def read_dicom(path: str | Path, series_uid: str | None = None, *, what: str = "
     """Find (``find_series``) and read (``read_series``) the series of ``path``: (image, series, note or None)."""
     series, note = find_series(path, series_uid, what=what, choose_with=choose_with)
     return read_series(series, what), series, note
+
+
+def _functional_group_geometry(file: str) -> tuple[list | None, list | None]:
+    """Image Position and Orientation (Patient) of a one-frame enhanced DICOM file, from its functional groups
+    (SimpleITK's metadata has no sequences); (None, None) where absent."""
+    import pydicom
+
+    ds = pydicom.dcmread(file, stop_before_pixels=True)
+
+    def find(name: str, sequence: str):
+        if name in ds:
+            return [float(v) for v in ds[name].value]
+        for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+            for item in ds.get(groups, [])[:1]:
+                for inner in item.get(sequence, [])[:1]:
+                    if name in inner:
+                        return [float(v) for v in inner[name].value]
+        return None
+
+    return find("ImagePositionPatient", "PlanePositionSequence"), find("ImageOrientationPatient", "PlaneOrientationSequence")
 
 
 def _floats(text: str) -> list[float] | None:

@@ -193,3 +193,19 @@ def test_empty_folder_and_subfolders(capsys, tmp_path, series, weights_file):
     assert code == 2 and "is a folder with no DICOM series in it" in text
     code, text = fuse(capsys, folders["MRI"], folders["PET"].parent, tmp_path / "o.nrrd", weights_file)
     assert code == 2 and "its subfolders" in text and "pet" in text
+
+
+def test_left_handed_float_series_in_enhanced_files_lands_in_the_same_place(tmp_path, phantom):
+    """A NIfTI-like left-handed grid (y flipped) stored as float MR: GDCM writes one-frame Enhanced MR files with
+    their geometry in functional groups; read back on a right-handed grid, every voxel is where it was."""
+    left = sitk.Cast(phantom["MRI"], sitk.sitkFloat32)
+    left.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    write_series(left, tmp_path / "mr", modality="MR", series_uid=new_uid(23))
+    assert "Enhanced" in str(pydicom.dcmread(sorted((tmp_path / "mr").iterdir())[0]).SOPClassUID.name)
+    image, _, _ = read_dicom(tmp_path / "mr")
+    assert np.linalg.det(np.reshape(image.GetDirection(), (3, 3))) > 0  # slices now run the other way
+    back = sitk.Resample(image, left, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert np.abs(sitk.GetArrayFromImage(back) - sitk.GetArrayFromImage(left)).max() < 0.1
+    write_series(left, tmp_path / "tilted", modality="MR", series_uid=new_uid(24), tilt_mm_per_slice=2.0)
+    with pytest.raises(Exception, match="gantry tilt"):
+        read_dicom(tmp_path / "tilted")
