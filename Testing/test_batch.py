@@ -134,3 +134,17 @@ def test_thumbnails_show_anatomy_whatever_the_storage_order(phantom):
         assert np.array_equal(contact_strip(stored), strip)
     left_half = strip[:, : strip.shape[1] // 3].astype(float)
     assert np.abs(left_half - left_half[::-1]).mean() > 1  # the axial view is not up-down symmetric: not trivial
+
+
+def test_report_rows_are_on_disk_as_they_finish(tmp_path):
+    from ECFusionLib.batch_report import ReportWriter
+
+    writer = ReportWriter(tmp_path, "cohort.csv")
+    writer.add({"id": "late", "line": 3, "status": "failed", "seconds": 0.1, "message": "bad <input> & more"})
+    assert list(report(tmp_path)) == ["late"]  # readable before the batch ends (a crash loses nothing done)
+    writer.add({"id": "early", "line": 2, "status": "ok", "seconds": 1.0, "message": ""})
+    writer.close()
+    assert list(report(tmp_path)) == ["early", "late"]  # manifest order at the end
+    page = (tmp_path / "report.html").read_text()
+    assert "bad &lt;input&gt; &amp; more" in page and "<input>" not in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv", "report.html"]
