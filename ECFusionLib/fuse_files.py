@@ -20,7 +20,7 @@ from .dicom import SeriesInfo, find_series, is_dicom, read_series
 from .errors import ECFusionError
 from .modality import image_modality, resolve_task
 from .suv import PET_UNITS, suv_factor
-from .tasks import check_task
+from .tasks import check_task, second_modality
 from .volume_io import check_image, check_writable, full_suffix, read_image, write_image_atomic
 
 Notify = Callable[[str], None]
@@ -219,8 +219,8 @@ def _pet_units(request: FuseRequest, task: str, second: InputVolume) -> dict:
     native = {"units": (second.series.units if second.series else "") or "as stored"}
     if request.pet_units == "native":
         return native
-    if task != "PET-MRI":
-        raise ECFusionError(f"--pet-units suv is for PET (task PET-MRI), not {task}")
+    if second_modality(task) != "PET":
+        raise ECFusionError(f"--pet-units suv is for PET, not the {second_modality(task)} of {task}")
     if second.series is None:
         raise ECFusionError(f"--pet-units suv needs the PET as DICOM (its dose, weight and time tags); "
                             f"{second.provenance['path']} is not DICOM")

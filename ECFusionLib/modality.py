@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-from .tasks import TASKS, check_task
+from .tasks import TASK_NAMES, TASK_SPECS, check_task, detect_task
 
-# DICOM Modality code -> the modality name used in ECFusion's task names ("ST" is the retired SPECT code)
-DICOM_MODALITIES = {"MR": "MRI", "CT": "CT", "PT": "PET", "NM": "SPECT", "ST": "SPECT"}
+ANATOMICAL_DICOM_MODALITY = "MR"  # the second images' codes are in each TaskSpec's dicom_modalities
 MODALITY_KEYS = ("0008|0060", "Modality")  # DICOM tag as SimpleITK names it; the key the phantom's NRRDs carry
 
 
@@ -24,14 +23,17 @@ def image_modality(image: sitk.Image) -> str | None:
 
 
 def modality_name(code: str | None) -> str | None:
-    """ "PT" -> "PET"; None for codes ECFusion does not fuse (e.g. "SR") or no code."""
-    return DICOM_MODALITIES.get((code or "").strip().upper())
+    """ "PT" -> "PET", "MR" -> "MRI"; None for codes ECFusion does not fuse (e.g. "SR") or no code."""
+    code = (code or "").strip().upper()
+    if code == ANATOMICAL_DICOM_MODALITY:
+        return "MRI"
+    task = detect_task(dicom_modality=code) if code else None
+    return TASK_SPECS[task].second_modality if task else None
 
 
 def task_for_modality(code: str | None) -> str | None:
     """The task that fuses MRI with a functional image of DICOM Modality ``code`` ("PT" -> "PET-MRI"), or None."""
-    name = modality_name(code)
-    return next((task for task, second in TASKS.items() if second == name), None)
+    return detect_task(dicom_modality=code) if code else None
 
 
 def resolve_task(task: str | None, anatomical_code: str | None, functional_code: str | None) -> tuple[str, list[str]]:
@@ -46,13 +48,14 @@ def resolve_task(task: str | None, anatomical_code: str | None, functional_code:
     a_name, f_name = modality_name(anatomical_code), modality_name(functional_code)
     if a_name and a_name != "MRI":
         hint = " (are --anatomical and --functional swapped?)" if f_name == "MRI" else ""
-        warnings.append(f"the anatomical input's DICOM Modality is {anatomical_code} ({a_name}), not MR{hint}")
+        warnings.append(f"the anatomical input's DICOM Modality is {anatomical_code} ({a_name}), not "
+                        f"{ANATOMICAL_DICOM_MODALITY}{hint}")
     detected = task_for_modality(functional_code)
     if task is None or not str(task).strip():
         if detected is None:
             said = f"its Modality is {functional_code}" if functional_code else "it carries no Modality"
             raise ECFusionError(f"cannot tell the task from the functional input ({said}); give the task "
-                                f"({', '.join(TASKS)})")
+                                f"({', '.join(TASK_NAMES)})")
         return detected, warnings
     task = check_task(task)
     if detected is not None and detected != task:

@@ -196,16 +196,18 @@ def test_empty_folder_and_subfolders(capsys, tmp_path, series, weights_file):
 
 
 def test_left_handed_float_series_in_enhanced_files_lands_in_the_same_place(tmp_path, phantom):
-    """A NIfTI-like left-handed grid (y flipped) stored as float MR: GDCM writes one-frame Enhanced MR files with
-    their geometry in functional groups; read back on a right-handed grid, every voxel is where it was."""
+    """A NIfTI-like left-handed grid (y flipped) in one-frame Enhanced MR files (geometry in functional groups,
+    as GDCM writes float MR): read back on a right-handed grid, every voxel is where it was."""
     left = sitk.Cast(phantom["MRI"], sitk.sitkFloat32)
     left.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
-    write_series(left, tmp_path / "mr", modality="MR", series_uid=new_uid(23))
+    enhanced = {"0008|0016": "1.2.840.10008.5.1.4.1.1.4.1"}  # Enhanced MR Image Storage
+    write_series(left, tmp_path / "mr", modality="MR", series_uid=new_uid(23), extra=enhanced)
+    assert "ImagePositionPatient" not in pydicom.dcmread(sorted((tmp_path / "mr").iterdir())[0])
     assert "Enhanced" in str(pydicom.dcmread(sorted((tmp_path / "mr").iterdir())[0]).SOPClassUID.name)
     image, _, _ = read_dicom(tmp_path / "mr")
     assert np.linalg.det(np.reshape(image.GetDirection(), (3, 3))) > 0  # slices now run the other way
     back = sitk.Resample(image, left, sitk.Transform(), sitk.sitkNearestNeighbor)
     assert np.abs(sitk.GetArrayFromImage(back) - sitk.GetArrayFromImage(left)).max() < 0.1
-    write_series(left, tmp_path / "tilted", modality="MR", series_uid=new_uid(24), tilt_mm_per_slice=2.0)
+    write_series(left, tmp_path / "tilted", modality="MR", series_uid=new_uid(24), tilt_mm_per_slice=2.0, extra=enhanced)
     with pytest.raises(Exception, match="gantry tilt"):
         read_dicom(tmp_path / "tilted")
