@@ -54,6 +54,7 @@ class FuseRequest:
     ct_level: float | None = None
     axis: str = "auto"
     precision: str = "auto"
+    keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
     weights: str | None = None
     device: str = "auto"
     batch_size: int | None = None
@@ -288,7 +289,7 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
     settings = FusionSettings(task=task, device=request.device, batch_size=request.batch_size, axis=request.axis,
                               precision=request.precision, colormap=request.colormap, window=request.window,
                               level=request.level, ct_window=request.ct_window, ct_level=request.ct_level,
-                              weights=request.weights)
+                              weights=request.weights, keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
                          progress=progress, cancel=cancel, transform=transform)
     alignment = result.metadata["alignment"]

@@ -211,3 +211,10 @@ def test_left_handed_float_series_in_enhanced_files_lands_in_the_same_place(tmp_
     write_series(left, tmp_path / "tilted", modality="MR", series_uid=new_uid(24), tilt_mm_per_slice=2.0, extra=enhanced)
     with pytest.raises(Exception, match="gantry tilt"):
         read_dicom(tmp_path / "tilted")
+
+
+def test_every_fuse_option_reaches_the_fusion(capsys, tmp_path, series, weights_file):
+    folders, _ = series
+    code, text = fuse(capsys, folders["MRI"], folders["PET"], tmp_path / "o.nrrd", weights_file, "--no-keep-salient")
+    assert code == 0, text
+    assert sitk.ReadImage(str(tmp_path / "o.nrrd")).GetMetaData("ECFusion_keep_salient") == "false"
