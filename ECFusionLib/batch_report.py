@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import html
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from .safe_files import atomic_write
 
 FIELDS = ("id", "status", "seconds", "message", "output", "task", "anatomical_sha256", "functional_sha256",
           "weights_sha256", "settings_sha256", "line")
@@ -47,21 +48,10 @@ def _write_csv(fh, records) -> None:
 
 
 def _replace(path: Path, write, **open_kw) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8", **open_kw) as fh:
+    def to(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", **open_kw) as fh:
             write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(path, to)
 
 
 STYLE = """body{font-family:sans-serif;background:#111;color:#ddd;margin:1em}

@@ -125,7 +125,9 @@ class WorkerSetup(WorkerPlugin):
 
         import torch
 
-        logging.getLogger("ECFusionLib").setLevel(logging.ERROR)  # warnings reach the report via run_row instead
+        lib = logging.getLogger("ECFusionLib")  # warnings reach the report (fuse_files collects them), not stderr
+        lib.addHandler(logging.NullHandler())
+        lib.propagate = False
 
         nthreads = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

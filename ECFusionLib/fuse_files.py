@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -18,12 +20,16 @@ import SimpleITK as sitk
 from . import __version__
 from .dicom import SeriesInfo, find_series, is_dicom, read_series
 from .errors import ECFusionError
+from .input_checks import check_numbers, input_warnings, refuse_same_input
 from .modality import image_modality, resolve_task
+from .safe_files import refuse_overwriting_inputs
 from .suv import PET_UNITS, suv_factor
 from .tasks import check_task, second_modality
-from .volume_io import check_image, check_writable, full_suffix, read_image, write_image_atomic
+from .volume_io import (check_image, check_output_dimension, check_writable, full_suffix, read_image, sidecar_path,
+                        write_image_atomic)
 
 Notify = Callable[[str], None]
+log = logging.getLogger(__name__)
 # request fields that do not change the output: where the data lie and how fast it runs (the weights are
 # compared by their SHA-256 instead of their path)
 NOT_SETTINGS = ("anatomical", "functional", "output", "device", "batch_size", "weights")
@@ -85,6 +91,7 @@ class FuseOutcome:
     metadata: dict
     image: sitk.Image
     warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # reading to writing, registration included
 
 
 def sha256_files(files: list) -> str:
@@ -174,9 +181,8 @@ def recorded_metadata(output: str | Path) -> dict | None:
     from .fusion import METADATA_PREFIX
 
     output = Path(output)
-    suffix = full_suffix(output)
-    if suffix in (".nii", ".nii.gz"):
-        side = sidecar_path(output)
+    side = sidecar_path(output)
+    if side is not None:
         try:
             return json.loads(side.read_text()) if output.is_file() and side.is_file() else None
         except (OSError, ValueError):
@@ -198,19 +204,6 @@ def recorded_metadata(output: str | Path) -> dict | None:
             except ValueError:
                 meta[key[len(METADATA_PREFIX):]] = value
     return meta or None
-
-
-def sidecar_path(output: str | Path) -> Path:
-    return Path(str(output)[: -len(full_suffix(output))] + ".json")
-
-
-def write_sidecar(output: str | Path, metadata: dict) -> None:
-    """NIfTI and PNG cannot carry key-value metadata: write OUTPUT.json beside them (atomically)."""
-    if full_suffix(output) in (".nii", ".nii.gz", ".png"):
-        side = sidecar_path(output)
-        tmp = side.with_name("." + side.name + ".partial")
-        tmp.write_text(json.dumps(metadata, indent=2))
-        os.replace(tmp, side)
 
 
 def _pet_units(request: FuseRequest, task: str, second: InputVolume) -> dict:
@@ -249,42 +242,69 @@ def registration_transform(request: FuseRequest, anatomical: sitk.Image, second:
         return None
     from .registration import register
 
-    if status:
-        status(f"registering ({request.register}) ...")
-    return register(anatomical, second, request.register)
+    report = (lambda m: status(f"registering ({request.register}): {m}")) if status else (lambda m: None)
+    report("started")
+    return register(anatomical, second, request.register, progress=report)
+
+
+@contextmanager
+def _collect_warnings(into: list[str]):
+    """Every warning the library logs meanwhile (this module's, fusion's misalignment, ...) also goes ``into``."""
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            into.append(record.getMessage())
+
+    lib, handler = logging.getLogger("ECFusionLib"), Collect(logging.WARNING)
+    lib.addHandler(handler)
+    try:
+        yield
+    finally:
+        lib.removeHandler(handler)
 
 
 def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, progress=None, cancel=None,
-               warn: Notify | None = None, status: Notify | None = None) -> FuseOutcome:
+               status: Notify | None = None) -> FuseOutcome:
     """Read, check, fuse and write one pair (see the module docstring); the inputs are never modified.
 
     load_model(task, weights) -> (model, info): default ``weights.load_model`` (a batch worker passes its
-    cache). warn: called with each warning or note for the user; status: with progress messages.
+    cache). Warnings and notes for the user go to the "ECFusionLib" logger (the command line prints them) and
+    into the outcome's ``warnings``; status: called with progress messages.
     """
+    warnings: list[str] = []
+    with _collect_warnings(warnings):
+        outcome = _fuse_files(request, load_model, progress, cancel, status)
+    outcome.warnings = warnings
+    return outcome
+
+
+def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     from .fusion import METADATA_PREFIX, FusionSettings, fuse_images
+    from .registration import transform_provenance
     from .weights import load_model as default_load
 
     load_model = load_model or default_load
-    warnings: list[str] = []
-
-    def tell(message: str) -> None:
-        warnings.append(message)
-        if warn:
-            warn(message)
-
+    t0 = time.perf_counter()
+    check_numbers(batch_size=request.batch_size, window=request.window, level=request.level,
+                  ct_window=request.ct_window, ct_level=request.ct_level)
+    inputs = [request.anatomical, request.functional, request.transform, request.weights]
+    refuse_same_input(request.anatomical, request.functional)
+    refuse_overwriting_inputs(request.output, inputs)
+    if sidecar_path(request.output) is not None:
+        refuse_overwriting_inputs(sidecar_path(request.output), inputs, what="metadata file (sidecar)")
     output = check_writable(request.output)
     model = info = None
     if request.task:  # fail early on an unknown task or bad weights, before reading anything
         model, info = load_model(check_task(request.task), request.weights)
-    anatomical = read_input(request.anatomical, request.anatomical_series, what="anatomical image", notify=tell)
+    anatomical = read_input(request.anatomical, request.anatomical_series, what="anatomical image", notify=log.warning)
+    check_output_dimension(anatomical.image, output)
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
-                        notify=tell)
-    task, modality_warnings = resolve_task(request.task, anatomical.modality, second.modality)
-    for message in modality_warnings:
-        tell(message)
+                        notify=log.warning)
+    task, _ = resolve_task(request.task, anatomical.modality, second.modality)  # input_warnings checks the labels
     if model is None:
         model, info = load_model(task, request.weights)
     units = _pet_units(request, task, second)
+    for warning in input_warnings(task, anatomical.image, second.image):
+        log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
     settings = FusionSettings(task=task, device=request.device, batch_size=request.batch_size, axis=request.axis,
                               precision=request.precision, colormap=request.colormap, window=request.window,
@@ -292,16 +312,13 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
                               weights=request.weights, keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
                          progress=progress, cancel=cancel, transform=transform)
-    alignment = result.metadata["alignment"]
-    if alignment["misaligned"] and transform is None:
-        tell(f"the inputs look misaligned ({100 * (1 - alignment['containment']):.0f} % of the functional head "
-             "outside the MRI's); consider --register rigid")
-    extra = {"inputs": {"anatomical": anatomical.provenance, "functional": second.provenance},
+    mode = request.register if request.register != "none" else (f"file {request.transform}" if request.transform else "none")
+    extra = {"registration": transform_provenance(transform, mode),
+             "inputs": {"anatomical": anatomical.provenance, "functional": second.provenance},
              "functional_units": units,
              "job": job_record(request, anatomical.provenance["sha256"], second.provenance["sha256"])}
     for key, value in extra.items():
         result.image.SetMetaData(METADATA_PREFIX + key, json.dumps(value))
     result.metadata.update(extra)
-    write_image_atomic(result.image, output)
-    write_sidecar(output, result.metadata)
-    return FuseOutcome(output, task, result.metadata, result.image, warnings)
+    write_image_atomic(result.image, output, sidecar=result.metadata)
+    return FuseOutcome(output, task, result.metadata, result.image, seconds=time.perf_counter() - t0)

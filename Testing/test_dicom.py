@@ -129,7 +129,7 @@ def test_one_file_reads_its_whole_series(capsys, tmp_path, phantom, series, weig
 def test_modality_mismatch_warns_and_unknown_modality_needs_task(capsys, tmp_path, phantom, series, weights_file):
     folders, _ = series
     code, text = fuse(capsys, folders["MRI"], folders["PET"], tmp_path / "o.nrrd", weights_file, "--task", "CT-MRI")
-    assert code == 0 and "warning" in text and "Modality is PT (PET), but the task is CT-MRI" in text
+    assert code == 0 and "warning" in text and "labelled modality PT but --task CT-MRI expects CT" in text
     bare = sitk.Image(phantom["PET"])
     for key in bare.GetMetaDataKeys():
         bare.EraseMetaData(key)
