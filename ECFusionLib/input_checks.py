@@ -17,24 +17,13 @@ import SimpleITK as sitk
 
 from .errors import ECFusionError
 from .safe_files import same_file
-from .tasks import second_modality
+from .modality import ANATOMICAL_DICOM_MODALITY as MR, image_modality
+from .tasks import detect_task, task_spec
 
 CT_AIR_HU = -500.0  # a head CT has air near -1000 HU: some voxels lie below this
 COARSE_MM = 2.5  # PET/SPECT voxels are >= ~2.5 mm in every direction; MRI/CT in-plane voxels are finer
 SWAP_RATIO = 2.0  # anatomical voxels this many times larger than the functional's: swapped inputs?
-DICOM_MODALITY = {"CT": "CT", "PET": "PT", "SPECT": "NM", "MRI": "MR"}
-TASK_OF_MODALITY = {"CT": "CT-MRI", "PT": "PET-MRI", "NM": "SPECT-MRI"}
 SAMPLE = 2_000_000  # voxels looked at (a regular subsample of larger images)
-
-
-def modality_tag(img: sitk.Image) -> str | None:
-    """The DICOM modality stored with the image (MR, CT, PT, NM, ...), or None."""
-    for key in ("0008|0060", "Modality", "modality"):
-        if img.HasMetaDataKey(key):
-            value = img.GetMetaData(key).strip().upper()
-            if value:
-                return value
-    return None
 
 
 def refuse_same_input(anatomical_path, functional_path) -> None:
@@ -57,18 +46,19 @@ def _voxel_mm(img: sitk.Image) -> float:
 
 def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) -> list[str]:
     """Warnings (each with its likely fix) about inputs that look wrong for ``task``; [] when all is plausible."""
-    modality = second_modality(task)
-    expected = DICOM_MODALITY[modality]
+    spec = task_spec(task)
+    modality, codes = spec.second_modality, spec.dicom_modalities  # codes: the DICOM Modality values it accepts
+    expected = "/".join(codes)
     warnings = []
-    tag_a, tag_f = modality_tag(anatomical), modality_tag(functional)
-    if tag_a and tag_f and tag_a == expected and tag_f == "MR":
+    tag_a, tag_f = image_modality(anatomical), image_modality(functional)
+    if tag_a and tag_f and tag_a in codes and tag_f == MR:
         warnings.append(f"the anatomical image is labelled {tag_a} and the functional one MR: the inputs look "
                         f"swapped; give the MRI as --anatomical and the {modality} as --functional")
         return warnings
-    if tag_a and tag_a != "MR":
+    if tag_a and tag_a != MR:
         warnings.append(f"the anatomical image is labelled modality {tag_a}, not MR: --anatomical should be the MRI")
-    if tag_f and tag_f != expected:
-        likely = TASK_OF_MODALITY.get(tag_f)
+    if tag_f and tag_f not in codes:
+        likely = detect_task(dicom_modality=tag_f)
         fix = f"; did you mean --task {likely}?" if likely else ""
         warnings.append(f"the functional image is labelled modality {tag_f} but --task {task} expects {expected}{fix}")
 
@@ -77,7 +67,7 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) ->
         warnings.append(f"the anatomical image has values down to {va.min():.0f}, like CT Hounsfield units; "
                         "--anatomical should be the MRI (a CT goes to --functional with --task CT-MRI)")
     coarse = functional.GetDimension() == 3 and min(functional.GetSpacing()) >= COARSE_MM
-    if vf is not None and not (tag_f and tag_f != expected):
+    if vf is not None and not (tag_f and tag_f not in codes):
         if modality == "CT" and vf.min() >= CT_AIR_HU:
             if vf.min() >= 0 and coarse:
                 warnings.append(f"the CT image has no negative values and a coarse {min(functional.GetSpacing()):.1f} mm "
