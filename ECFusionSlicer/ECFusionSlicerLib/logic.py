@@ -196,10 +196,12 @@ class ECFusionSlicerLogic:
 
     # ------------------------------------------------------------ main entry point
     def process(self, anatomicalNode, functionalNode, outputNode=None, *, task: str | None = None,
-                device: str = "auto", precision: str = "auto", colorNodeID: str | None = None, window: float | None = None,
-                level: float | None = None, axis: str = "auto", batchSize: int | None = None,
-                ctWindow: float | None = None, ctLevel: float | None = None, weightsPath: str | None = None,
-                registration: str = "none", registrationTransformNode=None, keepSalient: bool = True,
+                device: str = DEFAULTS["device"], precision: str = DEFAULTS["precision"],
+                colorNodeID: str | None = None, window: float | None = None, level: float | None = None,
+                axis: str = DEFAULTS["axis"], batchSize: int | None = None, ctWindow: float | None = None,
+                ctLevel: float | None = None, weightsPath: str | None = None,
+                registration: str = DEFAULTS["registration"], registrationTransformNode=None,
+                keepSalient: bool = DEFAULTS["keepSalient"],
                 progressCallback: Callable[[int, int], None] | None = None,
                 cancelCheck: Callable[[], bool] | None = None, statusCallback: StatusCallback | None = None):
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
