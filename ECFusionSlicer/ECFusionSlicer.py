@@ -26,8 +26,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin  # noqa: E402
 
-from ECFusionSlicerLib.logic import (LIMITS, TORCH_MINIMUM, ECFusionSlicerLogic,  # noqa: E402 (console API)
-                                     first_anatomical_candidate, torch_version_problem)
+from ECFusionSlicerLib.logic import (CHOICES, DEFAULTS, LIMITS, TORCH_MINIMUM,  # noqa: E402 (console API)
+                                     ECFusionSlicerLogic, first_anatomical_candidate, torch_version_problem)
 
 TORCH_REQUIREMENT = ">=" + ".".join(map(str, TORCH_MINIMUM))
 DOUBLE_CLICK_S = 1.0  # an Apply click this soon after starting is the second half of a double-click: ignored
@@ -54,13 +54,16 @@ class ECFusionSlicer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class ECFusionSlicerParameterNode:
-    """Saved with the scene; the names match ECFusionSlicerLib.logic.PARAMETERS and its node references.
+    """Saved with the scene; the names, types and defaults are ECFusionSlicerLib.logic's DEFAULTS, and the choices
+    its CHOICES, which come from ECFusionLib.tasks (the registry the command line reads too).
 
     Each field bound to a .ui widget (property SlicerParameterName) has a type that one of Slicer's GUI connectors
     accepts (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; checked by Testing/test_slicer_gui_contract.py):
     qMRMLNodeComboBox - a node class or typing.Union of node classes and None; QComboBox - str with Choice;
-    QSpinBox - int; QDoubleSpinBox - float. The spin-box connectors reset the widget's range unless the field
-    carries WithinRange, so the limits are given here (from the logic's LIMITS, which it also checks).
+    QSpinBox - int; QDoubleSpinBox - float; QCheckBox - bool. The spin-box connectors reset the widget's range unless
+    the field carries WithinRange, so the limits are given here (from the logic's LIMITS, which it also checks).
+    The QComboBox connector (QComboBoxToStringableConnector) clears the combo box and adds one item per Choice entry
+    when the GUI is connected, so the .ui lists no items: the Choice lists below are the only copy.
     """
 
     anatomicalVolume: slicer.vtkMRMLScalarVolumeNode
@@ -69,18 +72,19 @@ class ECFusionSlicerParameterNode:
     # annotation's classes into the combobox's nodeTypes; the UnionSerializer stores the reference under
     # "outputVolume_<index>" (logic.node_reference reads either form). None = create a new volume.
     outputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode, None]
-    task: Annotated[str, Choice(["auto", "CT-MRI", "PET-MRI", "SPECT-MRI"])] = "auto"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
-    axis: Annotated[str, Choice(["auto", "axial", "coronal", "sagittal"])] = "auto"
-    batchSize: Annotated[int, WithinRange(*LIMITS["batchSize"])] = 0
-    ctWindow: Annotated[float, WithinRange(*LIMITS["ctWindow"])] = 150.0
-    ctLevel: Annotated[float, WithinRange(*LIMITS["ctLevel"])] = 40.0
+    task: Annotated[str, Choice(list(CHOICES["task"]))] = DEFAULTS["task"]
+    device: Annotated[str, Choice(list(CHOICES["device"]))] = DEFAULTS["device"]
+    precision: Annotated[str, Choice(list(CHOICES["precision"]))] = DEFAULTS["precision"]
+    axis: Annotated[str, Choice(list(CHOICES["axis"]))] = DEFAULTS["axis"]
+    batchSize: Annotated[int, WithinRange(*LIMITS["batchSize"])] = DEFAULTS["batchSize"]
+    ctWindow: Annotated[float, WithinRange(*LIMITS["ctWindow"])] = DEFAULTS["ctWindow"]
+    ctLevel: Annotated[float, WithinRange(*LIMITS["ctLevel"])] = DEFAULTS["ctLevel"]
     # Bound by hand to weightsPathLineEdit (a ctkPathLineEdit): Slicer's only connector for that widget takes
     # pathlib types, and an empty pathlib.Path serialises as "." - not "no weights file".
-    weightsPath: str = ""
-    registration: Annotated[str, Choice(["none", "rigid", "affine"])] = "none"
+    weightsPath: str = DEFAULTS["weightsPath"]
+    registration: Annotated[str, Choice(list(CHOICES["registration"]))] = DEFAULTS["registration"]
     registrationTransform: slicer.vtkMRMLLinearTransformNode
+    keepSalient: bool = DEFAULTS["keepSalient"]  # the keep-salient rule (ECFusionLib.salient) after the network
 
 
 class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -139,7 +139,7 @@ def test_output_that_is_an_input_is_refused(tmp_path, phantom_files, case):
     output = _output_cases(work, files)[case]
     res = _run("--anatomical", files["MRI"], "--functional", files["PET"], "--output", output)
     assert res.returncode == 2, res.stderr
-    assert "inputs are never overwritten" in res.stderr and "Traceback" not in res.stderr
+    assert "is the input file" in res.stderr and "Traceback" not in res.stderr
     assert {k: Path(v).read_bytes() for k, v in files.items()} == before
     assert folder.exists()
 
@@ -172,3 +172,23 @@ def test_missing_torch_is_a_clear_error(script, monkeypatch, capsys):
     assert script.main(["--anatomical", "a.nrrd", "--functional", "b.nrrd", "--output", "o.nrrd"]) == 2
     err = capsys.readouterr().err
     assert "'torch' is not installed" in err and "Traceback" not in err
+
+
+def test_no_keep_salient_reaches_the_result(tmp_path, phantom_files, weights_file, script, monkeypatch):
+    """--no-keep-salient turns the rule off, as `ecfusion fuse --no-keep-salient` does: the logic gets it and the
+    result's provenance (node attribute ECFusion.keep_salient) records it; without the flag it stays on."""
+    from ECFusionSlicerLib.logic import ECFusionSlicerLogic
+
+    real_process, results = ECFusionSlicerLogic.process, []
+
+    def recording_process(self, *args, **kwargs):
+        results.append(real_process(self, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(ECFusionSlicerLogic, "process", recording_process)
+    common = ["--anatomical", phantom_files["MRI"], "--functional", phantom_files["CT"], "--device", "cpu",
+              "--weights", weights_file, "--task", "CT-MRI"]
+    assert script.parse_args(common + ["--output", "x.nrrd"]).keep_salient is True
+    assert script.main(common + ["--output", str(tmp_path / "off.nrrd"), "--no-keep-salient"]) == 0
+    assert results[-1].GetAttribute("ECFusion.keep_salient") == "false"
+    assert (tmp_path / "off.nrrd").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["off.nrrd"]

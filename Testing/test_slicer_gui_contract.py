@@ -208,6 +208,17 @@ def offered_classes(widget: ET.Element, annotated) -> set[str]:
     return offered
 
 
+def wrapper_reads(t, text: str):
+    """What parameterNodeWrapper's serializers (serializers.py) read from the text a parameter node stores:
+    BoolSerializer is True only for "True"; NumberSerializer calls the type; StringSerializer passes it through."""
+    return text == "True" if t is bool else t(text)
+
+
+def combo_items(widget: ET.Element) -> list[str]:
+    """The items a QComboBox lists in the .ui itself (<item><property name="text">)."""
+    return [item.find("property/string").text or "" for item in widget.findall("item")]
+
+
 # ----------------------------------------------------------------- tests
 def test_every_bound_widget_has_a_connector_for_its_field_type(fields):
     widgets = bound_widgets()
@@ -271,9 +282,12 @@ def test_parameter_node_written_by_the_logic_is_read_by_the_wrapper(fields):
     """Defaults agree, and the logic reads node references in both the single-type and the Union form."""
     from ECFusionSlicerLib.logic import LIMITS, PARAMETERS, ECFusionSlicerLogic, node_reference
 
+    wrapper = sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode
     for name, text in PARAMETERS.items():
         t, ann = split(fields[name])
-        assert t(text) == t(getattr(sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode, name)), name
+        default = getattr(wrapper, name)
+        assert type(default) is t, f"{name}: default {default!r} is not a {t.__name__}"
+        assert wrapper_reads(t, text) == default, name
         rng = first(ann, WithinRange)
         if name in LIMITS:
             assert (rng.minimum, rng.maximum) == LIMITS[name]
@@ -358,3 +372,40 @@ def test_an_old_torch_is_refused_without_a_main_window(module, monkeypatch):
     monkeypatch.setattr(module, "torch_available", lambda: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # not even looked at
     assert module.ensure_dependencies(interactive=True) is False
+
+
+# ----------------------------------------------------------------- one vocabulary: the registry
+def test_choice_lists_are_the_registry_vocabularies(fields):
+    """The panel offers exactly what ECFusionLib.tasks (the command line's choices=) defines, in its order; the
+    first entry is the default."""
+    from ECFusionLib import tasks
+
+    expected = {"task": ["auto", *tasks.TASK_NAMES], "device": list(tasks.DEVICES),
+                "precision": list(tasks.PRECISIONS), "axis": list(tasks.AXES_ANATOMICAL),
+                "registration": list(tasks.REGISTRATION_MODES)}
+    wrapper = sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode
+    with_choice = {name for name, annotated in fields.items() if first(split(annotated)[1], Choice) is not None}
+    assert with_choice == set(expected)
+    for name, choices in expected.items():
+        assert list(first(split(fields[name])[1], Choice).choices) == choices, name
+        assert getattr(wrapper, name) == choices[0], name
+
+
+def test_combo_box_items_come_from_the_choice_lists(fields):
+    """Slicer's QComboBoxToStringableConnector (guiConnectors.py, read at 113c6bd and 0e31bd8) clears a bound combo
+    box and adds one item per Choice entry when connectGui runs, so the .ui needs no items; any it lists must be
+    the Choice list itself, or the panel would show one list before the GUI is connected and another after."""
+    combos = {name: w for name, w in bound_widgets().items() if w.get("class") == "QComboBox"}
+    assert combos, "no bound combo boxes found in the .ui"
+    for name, widget in combos.items():
+        items = combo_items(widget)
+        choices = list(first(split(fields[name])[1], Choice).choices)
+        assert items in ([], choices), f"{name}: the .ui lists {items}, the parameter node {choices}"
+
+
+def test_check_boxes_start_as_their_default(fields):
+    wrapper = sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode
+    boxes = {name: w for name, w in bound_widgets().items() if w.get("class") == "QCheckBox"}
+    assert "keepSalient" in boxes
+    for name, widget in boxes.items():
+        assert bool(prop(widget, "checked")) == getattr(wrapper, name), name

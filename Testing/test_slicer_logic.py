@@ -1,5 +1,6 @@
 """ECFusionSlicerLogic on real MRML scenes built with slicer-core (no Qt, no Slicer application)."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -383,8 +384,12 @@ def test_parameter_node_values_reach_the_logic_as_given(scene, phantom, weights_
         p.SetParameter(key, value)
     first = logic.processUsingParameterNode(p)
     assert json.loads(first.GetAttribute("ECFusion.second_intensity"))["level"] == 0.0
+    assert first.GetAttribute("ECFusion.keep_salient") == "true"  # the default, as in `ecfusion fuse`
+    p.SetParameter("keepSalient", "False")  # what parameterNodeWrapper's BoolSerializer writes for the unticked box
     second = logic.processUsingParameterNode(p)
     assert second is not first and node_reference_or_none(p) is None
+    assert second.GetAttribute("ECFusion.keep_salient") == "false"  # the switch reached the fusion and its provenance
+    assert not np.array_equal(mv.array_from_volume(first), mv.array_from_volume(second))  # and the pixels
     p.SetParameter("ctWindow", "0")
     with pytest.raises(ECFusionError, match="ctWindow"):
         logic.processUsingParameterNode(p)
@@ -472,3 +477,42 @@ def test_torch_version_requirement():
 
     assert torch_version_problem("2.13.0+cpu") is None and torch_version_problem("2.6.0") is None
     assert "needs 2.6" in torch_version_problem("2.5.1+cu121") and torch_version_problem("1.13.1")
+
+
+# The logic's own detection rules before issue 12 moved them to ECFusionLib.tasks: the registry must keep them.
+DICOM_MODALITY_TO_TASK_BEFORE = {"PT": "PET-MRI", "NM": "SPECT-MRI", "ST": "SPECT-MRI", "CT": "CT-MRI"}
+NAME_PATTERNS_BEFORE = [
+    (r"(^|[^a-z])(pet|pt|fdg|suv|amyloid|tau)([^a-z]|$)", "PET-MRI"),
+    (r"(^|[^a-z])(spect|nm|hmpao|ecd|datscan|perfusion)([^a-z]|$)", "SPECT-MRI"),
+    (r"(^|[^a-z])(ct|cta|hu)([^a-z]|$)", "CT-MRI"),
+]
+NAMES = ["FDG PET", "pet_ct", "PT 3", "SUVbw", "amyloid-PIB", "Tau 2", "brain SPECT", "NM tomo", "HMPAO", "ECD_1",
+         "DaTscan", "perfusion", "head CT", "CTA neck", "HU", "CT-PET", "series 3", "petrous", "spectral", "act",
+         "T1 MPRAGE", "nmr", "ctx", ""]
+
+
+def _task_before(modality: str, name: str):
+    if modality.upper() in DICOM_MODALITY_TO_TASK_BEFORE:
+        return DICOM_MODALITY_TO_TASK_BEFORE[modality.upper()]
+    return next((task for pattern, task in NAME_PATTERNS_BEFORE if re.search(pattern, name.lower())), None)
+
+
+@pytest.mark.parametrize("modality", ["", "PT", "nm", "ST", "CT", "MR", "OT"])
+def test_detection_keeps_the_rules_it_had_and_reads_the_subject_hierarchy(scene, modality):
+    """detectTask (now ECFusionLib.tasks.detect_task, as on the command line) answers as the logic's own tables did,
+    for the modality on the node or on its subject-hierarchy item (what Slicer's DICOM import sets)."""
+    logic = ECFusionSlicerLogic(scene)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    for index, name in enumerate(NAMES):
+        node = add_volume(scene, np.zeros((2, 2, 2), np.float32), np.eye(4), name)
+        node.SetName(name)
+        if modality and index % 2:
+            sh.SetItemAttribute(sh.CreateItem(sh.GetSceneItemID(), node), "DICOM.Modality", modality)
+        elif modality:
+            node.SetAttribute("DICOM.Modality", modality)
+        expected = _task_before(modality, name)
+        if expected is None:
+            with pytest.raises(ECFusionError, match="choose the task"):
+                logic.detectTask(node)
+        else:
+            assert logic.detectTask(node) == expected, (modality, name)

@@ -123,18 +123,22 @@ def test_fusion_path_needs_only_what_slicer_ships_plus_torch():
     assert res.stdout.strip() == "[]"
 
 
-def test_logic_parameter_defaults_agree_with_the_widget_wrapper():
-    """The logic creates the parameter node; the widget's parameterNodeWrapper must be able to read it."""
-    from ECFusionSlicerLib.logic import PARAMETERS
+def test_widget_wrapper_takes_its_defaults_and_choices_from_the_logic():
+    """One place for each fact: the wrapper's defaults are the logic's DEFAULTS and its Choice lists the logic's
+    CHOICES (ECFusionLib.tasks), never literal copies. Their values are compared in test_slicer_gui_contract.py."""
+    from ECFusionSlicerLib.logic import CHOICES, DEFAULTS
 
     tree = ast.parse((MODULE / "ECFusionSlicer.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ECFusionSlicerParameterNode")
-    for node in cls.body:
-        if not isinstance(node, ast.AnnAssign) or node.target.id not in PARAMETERS:
-            continue
-        default = ast.literal_eval(node.value)
-        kind = type(default)
-        assert kind(PARAMETERS[node.target.id]) == default, node.target.id
+    with_default = {n.target.id: n for n in cls.body if isinstance(n, ast.AnnAssign) and n.value is not None}
+    assert set(with_default) == set(DEFAULTS)
+    for name, node in with_default.items():
+        assert ast.unparse(node.value) == f"DEFAULTS['{name}']", f"{name}: default {ast.unparse(node.value)}"
+        choices = [c for c in ast.walk(node.annotation) if isinstance(c, ast.Call) and ast.unparse(c.func) == "Choice"]
+        if name in CHOICES:
+            assert [ast.unparse(c.args[0]) for c in choices] == [f"list(CHOICES['{name}'])"], name
+        else:
+            assert not choices, name
 
 
 # Slicer/ExtensionsIndex scripts/check_description_files.py (read at 08798e5): ACCEPTED_EXTENSION_CATEGORIES.

@@ -16,10 +16,8 @@ after --python-script), also after an unexpected error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,17 +38,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ECFusionLib.tasks import DEVICES, TASK_NAMES  # here, not at the top: main() reports a broken installation
+
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--usage", action="store_true", help="print this help and exit")
     p.add_argument("--anatomical", help="MRI volume file")
     p.add_argument("--functional", help="CT, PET or SPECT volume file")
     p.add_argument("--output", help="fused volume file (.nrrd, .nii.gz, .mha); never one of the inputs")
-    p.add_argument("--task", help="CT-MRI, PET-MRI or SPECT-MRI (default: detected from the file name)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--task", help=f"{', '.join(TASK_NAMES)} (default: detected from the file name)")
+    p.add_argument("--device", default=DEVICES[0], choices=DEVICES)
     p.add_argument("--colormap", help="colour node for a scalar PET/SPECT: PET-Heat, PET-Rainbow2, ... or Grey")
     p.add_argument("--window", type=float)
     p.add_argument("--level", type=float)
     p.add_argument("--weights", help="weights file (default: bundled)")
+    p.add_argument("--no-keep-salient", dest="keep_salient", action="store_false",
+                   help="do not apply the rule that keeps the CT bone / the hottest PET-SPECT uptake at least as bright "
+                        "as in the source (ECFusionLib/salient.py; on by default, as in `ecfusion fuse`)")
     return p
 
 
@@ -69,24 +72,6 @@ def in_slicer_app() -> bool:
     except ImportError:
         return False
     return hasattr(slicer, "app") and hasattr(slicer, "mrmlScene")
-
-
-def check_output_is_not_an_input(output: str, inputs: list[str]) -> None:
-    """Refuse an output that is, or would replace, one of the inputs: the same path once resolved (``sub/../x``,
-    symbolic links) or the same file under another name (hard links, os.path.samefile)."""
-    from ECFusionLib.errors import ECFusionError
-
-    out = Path(output)
-    for given in inputs:
-        same = out.resolve() == Path(given).resolve()
-        if not same and out.exists() and Path(given).exists():
-            try:
-                same = os.path.samefile(out, given)
-            except OSError:
-                same = False
-        if same:
-            raise ECFusionError(f"--output {output} is the input {given}: inputs are never overwritten; "
-                                "choose another output file")
 
 
 def colour_node_id(scene, name: str | None, task: str) -> str:
@@ -112,12 +97,13 @@ def colour_node_id(scene, name: str | None, task: str) -> str:
 def run(args) -> int:
     import slicer
 
-    from ECFusionLib.tasks import check_task
+    from ECFusionLib.safe_files import refuse_overwriting_inputs
+    from ECFusionLib.tasks import check_task, task_spec
     from ECFusionLib.volume_io import check_writable, read_image
     from ECFusionSlicerLib import mrml_volumes as mv
     from ECFusionSlicerLib.logic import ECFusionSlicerLogic
 
-    check_output_is_not_an_input(args.output, [args.anatomical, args.functional])
+    refuse_overwriting_inputs(args.output, [args.anatomical, args.functional], what="--output")
     check_writable(args.output)
     read_image(args.anatomical, what="anatomical image")  # the same checks and messages as `ecfusion fuse`
     read_image(args.functional, allow_rgb=True, what="functional image")
@@ -128,7 +114,7 @@ def run(args) -> int:
     logic = ECFusionSlicerLogic(scene)
     task = check_task(args.task) if args.task else logic.detectTask(functional)
     color_id, window, level = None, args.window, args.level
-    if task != "CT-MRI" and functional.GetImageData().GetNumberOfScalarComponents() == 1:
+    if task_spec(task).keep_colour and functional.GetImageData().GetNumberOfScalarComponents() == 1:
         from ECFusionLib.fusion import default_window_level
 
         color_id = colour_node_id(scene, args.colormap, task)
@@ -142,26 +128,24 @@ def run(args) -> int:
             print(f"fusing {task}: slice {done}/{total}", flush=True)
 
     out = logic.process(anatomical, functional, task=task, device=args.device, colorNodeID=color_id, window=window,
-                        level=level, weightsPath=args.weights, progressCallback=progress)
+                        level=level, weightsPath=args.weights, keepSalient=args.keep_salient, progressCallback=progress)
     save_atomic(out, args.output)
     print(f"wrote {args.output}")
     return 0
 
 
 def save_atomic(node, path: str) -> None:
-    """Write through Slicer's own storage node to a temporary name, then rename into place."""
-    from ECFusionLib.volume_io import full_suffix
+    """Write through Slicer's own storage node to a temporary name beside ``path``, then rename it into place
+    (ECFusionLib.safe_files.atomic_write: nothing half-written is ever left under ``path``)."""
+    from ECFusionLib.safe_files import atomic_write
 
-    target = Path(path)
-    tmp = str(target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial{full_suffix(target)}"))
-    storage = node.CreateDefaultStorageNode()
-    storage.SetFileName(tmp)
-    try:
+    def write(tmp: str) -> None:
+        storage = node.CreateDefaultStorageNode()
+        storage.SetFileName(tmp)
         if not storage.WriteData(node):
             raise OSError(f"Slicer could not write {path}")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def main(argv=None) -> int:

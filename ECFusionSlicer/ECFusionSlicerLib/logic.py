@@ -26,21 +26,33 @@ import vtk
 # Nothing here tunes the process (OpenMP wait policy, allocator): inside Slicer the process is the application's.
 # That is ECFusionLib.runtime.tune_cpu(), which only the command line calls.
 from ECFusionLib.errors import CancelledError, ECFusionError
+from ECFusionLib.tasks import (AXES_ANATOMICAL, DEVICES, PRECISIONS, REGISTRATION_MODES, TASK_NAMES, TASK_SPECS,
+                               check_choice, check_task, detect_task, task_spec)
 
 from . import mrml_volumes as mv
 
 MODULE_NAME = "ECFusionSlicer"
 ATTRIBUTE_PREFIX = "ECFusion."
-TASKS = ("CT-MRI", "PET-MRI", "SPECT-MRI")
-DICOM_MODALITY_TO_TASK = {"PT": "PET-MRI", "NM": "SPECT-MRI", "ST": "SPECT-MRI", "CT": "CT-MRI"}
-NAME_PATTERNS = [  # (regular expression on the node name, task), first match wins
-    (r"(^|[^a-z])(pet|pt|fdg|suv|amyloid|tau)([^a-z]|$)", "PET-MRI"),
-    (r"(^|[^a-z])(spect|nm|hmpao|ecd|datscan|perfusion)([^a-z]|$)", "SPECT-MRI"),
-    (r"(^|[^a-z])(ct|cta|hu)([^a-z]|$)", "CT-MRI"),
-]
-# The parameters a parameter node holds (the widget's parameterNodeWrapper uses the same names).
-PARAMETERS = {"task": "auto", "device": "auto", "precision": "auto", "axis": "auto", "batchSize": "0", "ctWindow": "150.0",
-              "ctLevel": "40.0", "weightsPath": "", "registration": "none"}
+AUTO_TASK = "auto"  # the task choice that means "detect it" (detectTask)
+# The choices of the text settings, from ECFusionLib's registry (first = default); the widget's Choice lists
+# read these, so a task or device added there appears in the panel.
+CHOICES = {"task": (AUTO_TASK, *TASK_NAMES), "device": DEVICES, "precision": PRECISIONS, "axis": AXES_ANATOMICAL,
+           "registration": REGISTRATION_MODES}
+# The settings a parameter node holds, with their defaults (the widget's parameterNodeWrapper has the same names,
+# types and defaults). keepSalient: the keep-salient rule (ECFusionLib.salient) after the network.
+DEFAULTS = {**{name: options[0] for name, options in CHOICES.items()}, "batchSize": 0,
+            "ctWindow": TASK_SPECS["CT-MRI"].default_window[0], "ctLevel": TASK_SPECS["CT-MRI"].default_window[1],
+            "weightsPath": "", "keepSalient": True}
+
+
+def parameter_text(value) -> str:
+    """``value`` as parameterNodeWrapper's serializers store it (BoolSerializer: "True"/"False"; numbers: str)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+PARAMETERS = {name: parameter_text(value) for name, value in DEFAULTS.items()}  # as stored in the node
 # Limits of the numeric settings, shared by the logic's checks and the widget's spin boxes (WithinRange).
 LIMITS = {"batchSize": (0, 256), "ctWindow": (1.0, 10000.0), "ctLevel": (-2000.0, 5000.0)}
 # Oldest PyTorch accepted (torch < 2.6 has published weights_only=True bypasses).
@@ -148,11 +160,12 @@ class ECFusionSlicerLogic:
         task = param("task")
         batch = check_number("batchSize", param("batchSize"), integer=True)
         output = self.process(anatomical, functional, node_reference(p, "outputVolume"),
-                              task=None if task == "auto" else task, device=param("device"),
+                              task=None if task == AUTO_TASK else task, device=param("device"),
                               precision=param("precision"), axis=param("axis"),
                               batchSize=batch or None, ctWindow=check_number("ctWindow", param("ctWindow")),
                               ctLevel=check_number("ctLevel", param("ctLevel")),
                               weightsPath=p.GetParameter("weightsPath") or None, registration=param("registration"),
+                              keepSalient=param("keepSalient") == parameter_text(True),
                               registrationTransformNode=node_reference(p, "registrationTransform"),
                               progressCallback=progressCallback, cancelCheck=cancelCheck, statusCallback=statusCallback)
         tx_id = output.GetAttribute(ATTRIBUTE_PREFIX + "registration_transform")
@@ -163,29 +176,32 @@ class ECFusionSlicerLogic:
     # ------------------------------------------------------------ task
     def detectTask(self, functionalNode) -> str:
         """Task from the DICOM modality (node or subject-hierarchy attribute 'DICOM.Modality'), else from
-        the node's name; raises ECFusionError when neither tells."""
-        modality = functionalNode.GetAttribute("DICOM.Modality")
+        the node's name, by the same rules as the command line (ECFusionLib.tasks.detect_task); raises
+        ECFusionError when neither tells."""
+        task = detect_task(self._dicom_modality(functionalNode), functionalNode.GetName())
+        if task is None:
+            raise ECFusionError(
+                f"cannot tell whether '{functionalNode.GetName()}' is CT, PET or SPECT (no DICOM modality, nothing in "
+                f"its name): choose the task ({', '.join(TASK_NAMES)}) explicitly")
+        return task
+
+    def _dicom_modality(self, node) -> str:
+        """DICOM Modality (0008,0060) of ``node``: its own attribute, else its subject-hierarchy item's; "" if none."""
+        modality = node.GetAttribute("DICOM.Modality")
         sh = self._subject_hierarchy()
         if not modality and sh is not None:
-            item = sh.GetItemByDataNode(functionalNode)
+            item = sh.GetItemByDataNode(node)
             modality = sh.GetItemAttribute(item, "DICOM.Modality") if item else ""
-        if modality and modality.upper() in DICOM_MODALITY_TO_TASK:
-            return DICOM_MODALITY_TO_TASK[modality.upper()]
-        name = (functionalNode.GetName() or "").lower()
-        for pattern, task in NAME_PATTERNS:
-            if re.search(pattern, name):
-                return task
-        raise ECFusionError(
-            f"cannot tell whether '{functionalNode.GetName()}' is CT, PET or SPECT (no DICOM modality, nothing in its "
-            f"name): choose the task ({', '.join(TASKS)}) explicitly"
-        )
+        return modality or ""
 
     # ------------------------------------------------------------ main entry point
     def process(self, anatomicalNode, functionalNode, outputNode=None, *, task: str | None = None,
-                device: str = "auto", precision: str = "auto", colorNodeID: str | None = None, window: float | None = None,
-                level: float | None = None, axis: str = "auto", batchSize: int | None = None,
-                ctWindow: float | None = None, ctLevel: float | None = None, weightsPath: str | None = None,
-                registration: str = "none", registrationTransformNode=None,
+                device: str = DEFAULTS["device"], precision: str = DEFAULTS["precision"],
+                colorNodeID: str | None = None, window: float | None = None, level: float | None = None,
+                axis: str = DEFAULTS["axis"], batchSize: int | None = None, ctWindow: float | None = None,
+                ctLevel: float | None = None, weightsPath: str | None = None,
+                registration: str = DEFAULTS["registration"], registrationTransformNode=None,
+                keepSalient: bool = DEFAULTS["keepSalient"],
                 progressCallback: Callable[[int, int], None] | None = None,
                 cancelCheck: Callable[[], bool] | None = None, statusCallback: StatusCallback | None = None):
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
@@ -197,6 +213,8 @@ class ECFusionSlicerLogic:
         stored in ``registrationTransformNode`` (or a new linear transform node named after the inputs) for
         inspection; the functional volume is fused through it but is not moved. With registration "none", a
         given ``registrationTransformNode`` (e.g. one edited by hand) is applied as it is.
+        keepSalient: apply the keep-salient rule after the network (ECFusionLib.salient; CT bone and the hottest
+        PET/SPECT uptake at least as bright as in the source); recorded in the attribute ECFusion.keep_salient.
         cancelCheck() is asked between every phase (loading PyTorch, loading the network, each registration
         iteration, each batch of slices, before writing); True stops with CancelledError. statusCallback(text)
         names each phase as it starts.
@@ -211,11 +229,8 @@ class ECFusionSlicerLogic:
 
         phase("")
         self._check_inputs(anatomicalNode, functionalNode, outputNode)
-        task = task or self.detectTask(functionalNode)
-        if task not in TASKS:
-            raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
-        if registration not in ("none", "rigid", "affine"):
-            raise ECFusionError(f"unknown registration '{registration}': use none, rigid or affine")
+        task = check_task(task) if task else self.detectTask(functionalNode)
+        check_choice(registration, REGISTRATION_MODES, "registration")
         if batchSize is not None:
             batchSize = check_number("batchSize", batchSize, integer=True) or None  # 0: automatic
         ctWindow = check_number("ctWindow", ctWindow) if ctWindow is not None else None
@@ -245,9 +260,10 @@ class ECFusionSlicerLogic:
         is_rgb = functionalNode.GetImageData().GetNumberOfScalarComponents() == 3
         moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
         settings = FusionSettings(task=task, device=device, precision=precision, batch_size=batchSize, axis=axis,
-                                  ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath)
+                                  ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath,
+                                  keep_salient=bool(keepSalient))
         colour_info = {}
-        if task != "CT-MRI" and not is_rgb:
+        if task_spec(task).keep_colour and not is_rgb:  # a scalar PET/SPECT: coloured as displayed
             second_arr, colour_info = self._functional_rgb(functionalNode, moved, colorNodeID, window, level)
         else:
             second_arr = mv.array_from_volume_data(moved)
