@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or fine-tune the network on 2D pairs", epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png")
+    t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png, or a .npz from "
+                                                 "scripts/pack_pairs.py (read without SimpleITK)")
     t.add_argument("--task", required=True, help=TASK_HELP)
     t.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, best.pt")
     t.add_argument("--epochs", type=POSITIVE_INT, default=50)
@@ -137,12 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-grad", type=POSITIVE, help="clip the gradient norm to this value")
     t.add_argument("--grad-weight", type=NONNEGATIVE, default=1.0)
     t.add_argument("--intensity-weight", type=NONNEGATIVE, default=0.0, help="weight of L1(F, max(A,B))")
-    t.add_argument("--ssim-weight", type=NONNEGATIVE, default=0.0, help="weight of 1 - mean(SSIM(F,A), SSIM(F,B))")
+    t.add_argument("--ssim-weight", type=NONNEGATIVE, default=0.0, help="weight of 1 - SSIM(F, reference)")
+    t.add_argument("--ssim-reference", choices=["mean", "max", "variance"], default="mean",
+                   help="SSIM term's reference per pixel: both sources averaged (default), the closer source (max), "
+                        "or the source with the larger local variance")
+    t.add_argument("--salient-weight", type=NONNEGATIVE, default=0.0,
+                   help="weight of mean(w |F - A|), w = the keep-salient rule's mask (CT bone where the MRI is dark; "
+                        "the PET/SPECT top range), with the rule's thresholds (salient.py)")
+    t.add_argument("--salient-threshold", type=NONNEGATIVE, help="override the task's salient threshold (0-255)")
+    t.add_argument("--salient-dark", type=NONNEGATIVE, help="override the task's MRI-dark level (0-255)")
+    t.add_argument("--ema", type=POSITIVE, metavar="DECAY",
+                   help="exponential moving average of the weights (e.g. 0.999): validated and saved instead of the raw weights")
     t.add_argument("--perceptual-weight", type=NONNEGATIVE, default=0.0, help="lambda of the VGG19 perceptual loss (paper: 0.02)")
     t.add_argument("--vgg-weights", help="torchvision vgg19-dcbbabfd.pth (needed when --perceptual-weight > 0)")
     t.add_argument("--no-upsample", dest="upsample", action="store_false",
                    help="train on 128x128 patches directly (reduced CPU schedule) instead of upsampling them to 256")
     t.add_argument("--val-cases", nargs="*", help="case numbers held out for validation (default: seeded 15%% of cases)")
+    t.add_argument("--folds", help="cross-validation folds file (default: the bundled weights/cv_folds.json)")
+    t.add_argument("--holdout-fold", type=COUNT, metavar="K",
+                   help="validate on exactly fold K of --folds and train on every other case")
+    t.add_argument("--all-cases", action="store_true",
+                   help="train on every case without validation (final weights: the last epoch is written)")
+    t.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="at most this many batches per epoch (smoke runs)")
+    t.add_argument("--val-every", type=POSITIVE_INT, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
@@ -185,6 +203,10 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(data=args.data, task=args.task, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
                       intensity_weight=args.intensity_weight, ssim_weight=args.ssim_weight,
+                      ssim_reference=args.ssim_reference, salient_weight=args.salient_weight,
+                      salient_threshold=args.salient_threshold, salient_dark=args.salient_dark, ema=args.ema,
+                      folds=args.folds, holdout_fold=args.holdout_fold, all_cases=args.all_cases,
+                      steps_per_epoch=args.steps_per_epoch, val_every=args.val_every,
                       perceptual_weight=args.perceptual_weight,
                       vgg_weights=args.vgg_weights, upsample=args.upsample, val_cases=args.val_cases,
                       init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,

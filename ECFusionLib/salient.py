@@ -41,21 +41,41 @@ def keep_salient(fused_y: np.ndarray, source: np.ndarray, task: str | None = Non
     applies). With ``task``, its cross-validated ``threshold`` and ``dark`` are used (explicit values override them);
     ``enabled=False`` or no threshold returns ``fused_y`` itself. Returns the same dtype as ``fused_y``."""
     if task is not None:
-        task = check_task(task)
-        threshold = DEFAULT_THRESHOLDS.get(task) if threshold is None else threshold
-        dark = DEFAULT_DARK.get(task) if dark is None else dark
+        threshold, dark = task_thresholds(task, threshold, dark)
     if not enabled or threshold is None:
         return fused_y
     f = np.asarray(fused_y, np.float32)
     s = np.asarray(source, np.float32)
     if f.shape != s.shape:
         raise ValueError(f"fused {f.shape} and source {s.shape} differ in shape")
-    w = np.clip((s - float(threshold)) / float(ramp), 0.0, 1.0)
     if dark is not None:
         if anatomical is None or np.shape(anatomical) != f.shape:
             raise ValueError("the MRI condition (dark) needs the anatomical image, of the fused image's shape")
-        w *= np.clip((float(dark) + float(ramp) - np.asarray(anatomical, np.float32)) / float(ramp), 0.0, 1.0)
+        anatomical = np.asarray(anatomical, np.float32)
+    w = salient_mask(s, anatomical, threshold=threshold, dark=dark, ramp=ramp)
     out = f + w * np.maximum(s - f, 0.0)
     if np.issubdtype(np.asarray(fused_y).dtype, np.integer):
         return np.clip(np.rint(out), 0, 255).astype(np.asarray(fused_y).dtype)
     return out
+
+
+def task_thresholds(task: str, threshold: float | None = None, dark: float | None = None):
+    """(threshold, dark) of ``task`` (its cross-validated defaults above), explicit values overriding them."""
+    task = check_task(task)
+    return (DEFAULT_THRESHOLDS.get(task) if threshold is None else threshold,
+            DEFAULT_DARK.get(task) if dark is None else dark)
+
+
+def salient_mask(source, anatomical=None, *, threshold: float, dark: float | None = None, ramp: float = RAMP):
+    """The rule's weight w in [0, 1] (module docstring): where the source (CT / functional Y, 0-255) is bright and,
+    with ``dark``, the MRI (0-255) dark. Works on numpy arrays and on torch tensors alike (the training loss's
+    ``--salient-weight`` term uses it), so the rule and the loss share one definition and one set of thresholds."""
+    def clip01(x):
+        return x.clamp(0.0, 1.0) if hasattr(x, "clamp") else np.clip(x, 0.0, 1.0)
+
+    w = clip01((source - float(threshold)) / float(ramp))
+    if dark is not None:
+        if anatomical is None:
+            raise ValueError("the MRI condition (dark) needs the anatomical image")
+        w = w * clip01((float(dark) + float(ramp) - anatomical) / float(ramp))
+    return w

@@ -129,3 +129,137 @@ def test_ssim_term_matches_the_metric_and_is_zero_for_identical_images():
     terms = loss(x, x, x)
     assert terms["ssim"].item() < 1e-5 and terms["total"].item() < 1e-4
     assert loss(x, x, t(b))["ssim"].item() > 0.05
+
+
+# ------------------------------------------------------------------ next training round (issue 14)
+def _u(x255):
+    """0-255 array -> 1 x 1 x H x W tensor in [-1, 1]."""
+    return torch.tensor(np.asarray(x255, dtype=np.float32))[None, None] / 127.5 - 1
+
+
+def test_salient_mask_is_the_rules_mask_in_numpy_and_torch():
+    from ECFusionLib.salient import keep_salient, salient_mask
+
+    rng = np.random.default_rng(0)
+    s, m, f = (rng.uniform(0, 255, (32, 32)).astype(np.float32) for _ in range(3))
+    w_np = salient_mask(s, m, threshold=128, dark=30)
+    w_t = salient_mask(torch.from_numpy(s), torch.from_numpy(m), threshold=128, dark=30)
+    assert np.allclose(w_np, w_t.numpy()) and 0 < w_np.mean() < 1
+    assert np.allclose(keep_salient(f, s, anatomical=m, threshold=128, dark=30), f + w_np * np.maximum(s - f, 0))
+
+
+def test_salient_term_zero_and_positive_where_expected_and_its_gradient_flows():
+    loss = FusionLoss(TrainConfig(data="", task="CT-MRI", out="", grad_weight=0.0, salient_weight=1.0))
+    ct = np.zeros((24, 24), np.float32)
+    ct[4:12] = 250  # bone ...
+    mri = np.full((24, 24), 10.0, np.float32)  # ... where the MRI is dark (the skull on T1)
+    mri[:, 12:] = 200  # and bone where the MRI is bright (marrow): not salient for CT-MRI (dark 30)
+    a, b = _u(ct), _u(mri)
+    assert loss(a, b, a.clone())["salient"].item() == 0  # the fused image keeps the CT bone: nothing to pay
+    dark_f = _u(np.where(ct > 0, 150, 0)).requires_grad_(True)  # a hollow skull: fused below the CT in bone
+    term = loss(a, b, dark_f)["salient"]
+    assert term.item() > 0.05
+    term.backward()
+    g = dark_f.grad[0, 0].numpy()
+    assert (g[4:12, :12] < 0).all()  # pushes the fused value up in bone where the MRI is dark ...
+    assert (g[4:12, 12:] == 0).all() and (g[12:] == 0).all()  # ... and nowhere else
+    no_bone = _u(np.full((24, 24), 100.0))  # CT below the threshold: no salient pixel, term 0 whatever F is
+    assert loss(no_bone, b, _u(np.zeros((24, 24))))["salient"].item() == 0
+    # PET/SPECT-MRI: the top range of the functional Y (threshold 208 for PET-MRI), the MRI anywhere
+    pet_loss = FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0))
+    pet = np.zeros((24, 24), np.float32)
+    pet[8:16, 8:16] = 255
+    assert pet_loss(_u(pet), _u(np.full((24, 24), 200.0)), _u(np.full((24, 24), 200.0)))["salient"].item() > 0
+    assert pet_loss(_u(pet * 0.7), _u(pet), _u(pet))["salient"].item() == 0  # below the hot range: 0
+
+
+def test_ssim_reference_by_local_variance():
+    rng = np.random.default_rng(1)
+    textured = _u(rng.uniform(0, 255, (40, 40)))
+    flat = _u(np.full((40, 40), 128.0))
+    mean = FusionLoss(TrainConfig(data="", task="CT-MRI", out="", grad_weight=0.0, ssim_weight=1.0))
+    var = FusionLoss(TrainConfig(data="", task="CT-MRI", out="", grad_weight=0.0, ssim_weight=1.0, ssim_reference="variance"))
+    mx = FusionLoss(TrainConfig(data="", task="CT-MRI", out="", grad_weight=0.0, ssim_weight=1.0, ssim_reference="max"))
+    # F = the textured source: the variance reference is that source everywhere -> 0; the mean still pulls to flat
+    assert var(textured, flat, textured)["ssim"].item() < 1e-5 < 0.3 < mean(textured, flat, textured)["ssim"].item()
+    assert mx(textured, flat, textured)["ssim"].item() < 1e-5
+    for fn in (var, mx, mean):  # all three are zero for identical images and have a gradient
+        assert fn(flat, flat, flat)["ssim"].item() < 1e-5
+        f = flat.clone().requires_grad_(True)
+        fn(textured, flat, f)["ssim"].backward()
+        assert f.grad.abs().sum() > 0
+
+
+def _folds_file(path, folds):
+    path.write_text(__import__("json").dumps({"tasks": {"PET-MRI": {"folds": folds}}}))
+    return str(path)
+
+
+def test_holdout_fold_validates_exactly_that_fold(tmp_path):
+    from ECFusionLib.pairs import find_pairs
+    from ECFusionLib.training import split_for
+
+    data = _tiny_dataset(tmp_path / "data", cases=("5", "6", "7"), slices=2)
+    pairs = find_pairs(data, ["PET-MRI"])
+    folds = _folds_file(tmp_path / "folds.json", [["5"], ["6", "7"]])
+    tr, va = split_for(TrainConfig(data=str(data), task="PET-MRI", out="", folds=folds, holdout_fold=1), pairs)
+    assert {p.case for p in va} == {"6", "7"} and {p.case for p in tr} == {"5"}
+    assert len(tr) + len(va) == len(pairs)
+    tr, va = split_for(TrainConfig(data=str(data), task="PET-MRI", out="", all_cases=True), pairs)
+    assert len(tr) == len(pairs) and not va
+    with pytest.raises(ECFusionError, match="2 PET-MRI folds"):
+        split_for(TrainConfig(data="", task="PET-MRI", out="", folds=folds, holdout_fold=2), pairs)
+    with pytest.raises(ECFusionError, match="not in the data"):
+        split_for(TrainConfig(data="", task="PET-MRI", out="", folds=_folds_file(tmp_path / "f2.json", [["5"], ["9"]]),
+                              holdout_fold=1), pairs)
+    with pytest.raises(ECFusionError, match="disagree"):
+        split_for(TrainConfig(data="", task="PET-MRI", out="", folds=folds, holdout_fold=0, val_cases=["6"]), pairs)
+    # the bundled folds file is the default
+    from ECFusionLib.training import DEFAULT_FOLDS, read_folds
+
+    assert read_folds(DEFAULT_FOLDS, "CT-MRI")[0] == ["34", "37"]
+
+
+def test_ema_weights_are_validated_and_saved_and_packed_data_trains(tmp_path):
+    from ECFusionLib.training import load_checkpoint, pack_pairs, read_packed
+
+    data = _tiny_dataset(tmp_path / "data", cases=("5", "6", "7"), slices=4)  # 4 patches per case and epoch
+    packed = pack_pairs(data, tmp_path / "pairs.npz")
+    pairs, reader = read_packed(packed, "PET-MRI")
+    from ECFusionLib.pairs import find_pairs
+    from ECFusionLib.training import load_images
+
+    png = find_pairs(data, ["PET-MRI"])
+    assert [p.name for p in pairs] == [p.name for p in png]
+    assert all(torch.equal(x, y) for x, y in zip(load_images(pairs, reader), load_images(png)))
+    lines = []
+    cfg = TrainConfig(data=str(packed), task="PET-MRI", out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=1e-3,
+                      upsample=False, intensity_weight=1.0, salient_weight=1.0, ssim_weight=0.5, ssim_reference="variance",
+                      ema=0.9, folds=_folds_file(tmp_path / "folds.json", [["5"], ["6"], ["7"]]), holdout_fold=2,
+                      steps_per_epoch=3, device="cpu", threads=2, select_metrics=["Qabf", "SSIM"])
+    best = train(cfg, log=lines.append)
+    assert "validation pairs (cases ['7'])" in lines[0] and "(cases ['5', '6'])" in lines[0]
+    rows = _read_log(tmp_path / "run" / "log.csv")
+    assert [r["step"] for r in rows] == ["3", "6"] and all(r["check"] for r in rows)
+    ck = load_checkpoint(tmp_path / "run" / "last.pt", "cpu")  # weights_only=True: plain tensors and values
+    saved = load_state_dict(best)
+    assert ck["ema_updates"] == 6
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in saved)  # EMA differs from the raw weights ...
+    if int(rows[-1]["epoch"]) == int(__import__("torch").load(best, weights_only=True)["meta"]["epoch"]):
+        assert all(torch.equal(saved[k], ck["ema"][k].float()) for k in saved)  # ... and is what was written
+    # --all-cases: no validation, the last epoch's (EMA) weights are written
+    final = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "final"), "holdout_fold": None,
+                                 "all_cases": True, "epochs": 1}), log=lambda *_: None)
+    ck = load_checkpoint(tmp_path / "final" / "last.pt", "cpu")
+    assert all(torch.equal(v, ck["ema"][k].float()) for k, v in load_state_dict(final).items())
+
+
+def test_new_options_are_checked():
+    from ECFusionLib.training import check_config
+
+    base = dict(data="", task="CT-MRI", out="")
+    for bad, match in [(dict(ema=1.0), "EMA"), (dict(ssim_reference="min"), "SSIM reference"),
+                       (dict(salient_weight=-1.0), "salient weight"), (dict(all_cases=True, holdout_fold=0), "all-cases"),
+                       (dict(steps_per_epoch=0), "steps per epoch"), (dict(val_every=0), "validation interval")]:
+        with pytest.raises(ECFusionError, match=match):
+            check_config(TrainConfig(**base, **bad))
