@@ -142,6 +142,28 @@ def pack_pairs(root, out, tasks=None) -> Path:
     return out
 
 
+def subset_packed(src, out, per_case: int) -> Path:
+    """Write a copy of a packed file keeping the first ``per_case`` pairs of every case (numpy only): every case
+    stays, so cross-validation folds still resolve (``scripts/gpu_train.sh --smoke``)."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for task in {k.split("/")[0] for k in arrays}:
+        names = [str(n) for n in arrays[f"{task}/names"]]
+        seen: dict[str, int] = {}
+        keep = []
+        for i, n in enumerate(names):
+            case = Pair(task, n, Path(), Path()).case
+            seen[case] = seen.get(case, 0) + 1
+            if seen[case] <= per_case:
+                keep.append(i)
+        for k in ("names", "second", "mri"):
+            arrays[f"{task}/{k}"] = arrays[f"{task}/{k}"][keep]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+    return out
+
+
 def read_packed(path, task: str):
     """(pairs, reader) for ``task`` from a file written by ``pack_pairs``: the same grey images as the PNG path
     (the Y of RGB images, BT.601), read with numpy alone (``allow_pickle=False``)."""
