@@ -232,6 +232,10 @@ def test_ema_weights_are_validated_and_saved_and_packed_data_trains(tmp_path):
     png = find_pairs(data, ["PET-MRI"])
     assert [p.name for p in pairs] == [p.name for p in png]
     assert all(torch.equal(x, y) for x, y in zip(load_images(pairs, reader), load_images(png)))
+    from ECFusionLib.training import subset_packed
+
+    tiny, _ = read_packed(subset_packed(packed, tmp_path / "tiny.npz", 1), "PET-MRI")  # --smoke: 1 pair per case
+    assert [p.name for p in tiny] == ["5000", "6000", "7000"]
     lines = []
     cfg = TrainConfig(data=str(packed), task="PET-MRI", out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=1e-3,
                       upsample=False, intensity_weight=1.0, salient_weight=1.0, ssim_weight=0.5, ssim_reference="variance",

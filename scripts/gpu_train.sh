@@ -140,7 +140,8 @@ train_stage() {
   [ -n "$failed" ] && say "FAILED or cut by --budget-min (exit 124; its best weights so far are kept): $failed; see logs/<run>.log"
   for name in $(ls "$WORK/runs" 2>/dev/null); do
     local csv="$WORK/runs/$name/log.csv"
-    [ -f "$csv" ] && { echo "== $name (log.csv: header and last validated row)"; head -1 "$csv"; grep -v ',,,' "$csv" | tail -1; } >> "$SUMMARY"
+    [ -f "$csv" ] && { echo "== $name (log.csv: header, last validated row, last row)"; head -1 "$csv"
+                       sed 1d "$csv" | grep -v ',,,' | tail -1; tail -1 "$csv"; } >> "$SUMMARY"
   done
   ! awk -F'\t' 'NR > 1 && $3 != 0 && $3 != 124 && $3 != "skipped" {bad = 1} END {exit !bad}' "$WORK/timings.tsv"
 }
