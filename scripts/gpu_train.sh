@@ -31,7 +31,6 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 PY="${PYTHON:-python3}"
 OUT_DIR="${OUT:-$ROOT/gpu_out}"
 DATA=""; TASKS="CT-MRI PET-MRI SPECT-MRI"; FOLDS="all"; FINAL=1; EPOCHS=50; INIT=""; PARALLEL=0; BUDGET=""
@@ -55,6 +54,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$STAGE" in all|train|checks) ;; *) echo "gpu_train.sh: --stage all|train|checks" >&2; exit 2 ;; esac
+[ -n "$DATA" ] && DATA="$(realpath -m -- "$DATA")"  # relative to where the script was called from
+cd "$ROOT"
 
 # The recipe of the next training round (model card). Extra options after `--` are appended (later ones win).
 RECIPE=(--intensity-weight 1.0 --ssim-weight 1.0 --ssim-reference variance --salient-weight 2.0 --ema 0.999
@@ -157,11 +158,12 @@ checks_stage() {
   else
     say "benchmark: $PY scripts/benchmark.py --device $DEVICE"
     local t; t=$(date +%s)
-    "$PY" scripts/benchmark.py --device "$DEVICE" > "$WORK/benchmark.txt" 2>&1; say "benchmark exit $? in $(( $(date +%s) - t )) s"
+    timeout 300 "$PY" scripts/benchmark.py --device "$DEVICE" > "$WORK/benchmark.txt" 2>&1
+    say "benchmark exit $? (124: cut at 300 s) in $(( $(date +%s) - t )) s"
     cp "$WORK/benchmark.txt" "$OUT_DIR/"
   fi
   say "GPU tests: pytest Testing/test_engine_fusion.py -k 'gpu or cuda'"
-  "$PY" -m pytest Testing/test_engine_fusion.py -k "gpu or cuda" -q -p no:cacheprovider -rs > "$WORK/gpu_tests.txt" 2>&1
+  timeout 120 "$PY" -m pytest Testing/test_engine_fusion.py -k "gpu or cuda" -q -p no:cacheprovider -rs > "$WORK/gpu_tests.txt" 2>&1
   say "GPU tests exit $?: $(tail -1 "$WORK/gpu_tests.txt")"
   cp "$WORK/gpu_tests.txt" "$OUT_DIR/"
 }
