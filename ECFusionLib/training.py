@@ -653,6 +653,7 @@ def _train(cfg: TrainConfig, out: Path, log) -> Path | None:
                 val = evaluate_arrays(va255, vb255, f255, cfg.select_metrics)
                 val["check"] = image_check(cfg.task, va255, vb255, f255)
                 score = selection_score(val, ref, cfg.select_metrics, val["check"] if cfg.select_check else None)
+                state["seconds"] = time.time() - t_start  # validation included, as before
                 writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), sched.get_last_lr()[0],
                                  float(np.mean(losses)), *[round(val[n], 5) for n in cfg.select_metrics], round(val["bg"], 3),
                                  round(val["check"], 4), round(score, 4)])
