@@ -67,6 +67,7 @@ if [ "$SMOKE" = 1 ]; then
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ecf-gpu-train.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT  # everything worth keeping is copied to $OUT
 mkdir -p "$OUT_DIR" "$WORK/runs" "$WORK/logs"
 SUMMARY="$WORK/summary.txt"
 T0=$(date +%s)
