@@ -251,6 +251,9 @@ def test_ema_weights_are_validated_and_saved_and_packed_data_trains(tmp_path):
     assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in saved)  # EMA differs from the raw weights ...
     if int(rows[-1]["epoch"]) == int(__import__("torch").load(best, weights_only=True)["meta"]["epoch"]):
         assert all(torch.equal(saved[k], ck["ema"][k].float()) for k in saved)  # ... and is what was written
+    # resume: the EMA continues from the checkpoint
+    train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), log=lambda *_: None)
+    assert load_checkpoint(tmp_path / "run" / "last.pt", "cpu")["ema_updates"] == 9
     # --all-cases: no validation, the last epoch's (EMA) weights are written
     final = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "final"), "holdout_fold": None,
                                  "all_cases": True, "epochs": 1}), log=lambda *_: None)
@@ -267,3 +270,32 @@ def test_new_options_are_checked():
                        (dict(steps_per_epoch=0), "steps per epoch"), (dict(val_every=0), "validation interval")]:
         with pytest.raises(ECFusionError, match=match):
             check_config(TrainConfig(**base, **bad))
+
+
+def test_command_line_passes_the_new_options(tmp_path, monkeypatch):
+    import ECFusionLib.training as T
+    from ECFusionLib.cli import build_parser, cmd_train
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda cfg: seen.setdefault("cfg", cfg) and None)
+    args = build_parser().parse_args(
+        ["train", "--data", "d.npz", "--task", "CT-MRI", "--out", str(tmp_path / "r"), "--salient-weight", "2",
+         "--salient-threshold", "150", "--salient-dark", "20", "--ssim-reference", "variance", "--ema", "0.999",
+         "--holdout-fold", "3", "--folds", "f.json", "--steps-per-epoch", "7", "--val-every", "5"])
+    cmd_train(args)
+    cfg = seen["cfg"]
+    assert (cfg.salient_weight, cfg.salient_threshold, cfg.salient_dark, cfg.ssim_reference, cfg.ema) == (2.0, 150.0, 20.0, "variance", 0.999)
+    assert (cfg.holdout_fold, cfg.folds, cfg.steps_per_epoch, cfg.val_every, cfg.all_cases) == (3, "f.json", 7, 5, False)
+    assert build_parser().parse_args(["train", "--data", "d", "--task", "CT-MRI", "--out", "o", "--all-cases"]).all_cases
+
+
+def test_gpu_train_script_parses():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    help_text = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--smoke" in help_text.stdout and "--budget-min" in help_text.stdout
+    bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option" in bad.stderr
