@@ -28,7 +28,7 @@ EPILOG_FUSE = """examples:
 EPILOG_TRAIN = """examples:
   ecfusion train --data ../shared/data/aanlib --task PET-MRI --out runs/pet
   ecfusion train --data my_pairs --task CT-MRI --out runs/ct --init-weights bundled --epochs 5 --lr 1e-4   (fine-tune)
-  ecfusion train --data ../shared/data/aanlib --task CT-MRI --out runs/ct-f0 --holdout-fold 0 --salient-weight 2 \
+  ecfusion train --data ../shared/data/aanlib --task CT-MRI --out runs/ct-f0 --holdout-fold 0 --salient-weight 2 \\
       --ssim-weight 1 --ssim-reference variance --ema 0.999   (next-round recipe, CV fold 0 held out)
   the bundled weights' recipes (reduced CPU schedule) and the next round's are in ECFusionLib/weights/MODEL_CARD.md;
   all folds and tasks on a GPU: scripts/gpu_train.sh
