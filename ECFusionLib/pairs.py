@@ -14,7 +14,6 @@ import numpy as np
 from .colour import luminance
 from .errors import ECFusionError
 from .tasks import TASKS, check_task
-from .volume_io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +87,8 @@ def check_pair_sizes(pairs: list[Pair]) -> None:
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Returns (second modality as grey H x W float 0-255 -- the Y of an RGB image --,
     MRI H x W float 0-255, the RGB image H x W x 3 uint8 or None when grey)."""
+    from .volume_io import read_image  # SimpleITK: imported here, so training from a packed .npz needs none
+
     sec = read_image(pair.second, allow_rgb=True)
     mri = read_image(pair.mri, allow_rgb=True)
     mri_arr = _grey(mri)

@@ -299,3 +299,30 @@ def test_gpu_train_script_parses():
     assert help_text.returncode == 0 and "--smoke" in help_text.stdout and "--budget-min" in help_text.stdout
     bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option" in bad.stderr
+
+
+def test_training_from_a_packed_file_needs_no_simpleitk(tmp_path):
+    """The GPU machine's image has no SimpleITK: training's imports and the packed-data reader must not need it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ECFusionLib.training import pack_pairs
+
+    packed = pack_pairs(_tiny_dataset(tmp_path / "data", cases=("5", "6"), slices=1), tmp_path / "p.npz")
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'SimpleITK': raise ImportError('blocked')
+sys.meta_path.insert(0, Block())
+import ECFusionLib.cli, ECFusionLib.training as T
+pairs, reader = T.read_packed({str(packed)!r}, 'PET-MRI')
+a, b = T.load_images(pairs, reader)
+print(len(pairs), tuple(a.shape))
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["2", "(2,", "1,", "128,", "128)"]
