@@ -295,9 +295,9 @@ def test_gpu_train_script_parses():
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    help_text = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    help_text = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, encoding="utf-8")
     assert help_text.returncode == 0 and "--smoke" in help_text.stdout and "--budget-min" in help_text.stdout
-    bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(script), "--nonsense"], capture_output=True, text=True, encoding="utf-8")
     assert bad.returncode == 2 and "unknown option" in bad.stderr
 
 

@@ -12,7 +12,7 @@
 # (`python scripts/pack_pairs.py --data ../shared/data/aanlib --out .gpu_data/aanlib.npz`, 22 MiB; .gpu_data/ is
 # git-ignored and must be named in the call's `carry`). Nothing is installed unless wheels are carried in .whl/
 # (`--no-index`, into /tmp/site). The benchmark and the GPU tests need SimpleITK (its wheel is ~50 MB: with the tree
-# and the data that is over a call's 64 MiB): without it they are skipped and the summary says so — run
+# and the data that is over a call's 64 MiB): without it they are skipped and the summary says so - run
 # `--stage checks` in a second call carrying .whl/ (SimpleITK) instead of the data.
 #
 # Options:
