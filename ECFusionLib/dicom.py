@@ -64,12 +64,23 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
     """Every DICOM series directly in ``folder`` (not its subfolders)."""
     folder = str(folder)
     out = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
+    for uid in _series_ids(folder):
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
         head = _header(files[0])
         out.append(SeriesInfo(uid=uid, modality=head["modality"], description=head["description"], files=files,
                               units=head["units"]))
     return out
+
+
+def _series_ids(folder: str) -> tuple[str, ...]:
+    """GDCM's series UIDs in ``folder`` (not recursive), without ITK's "No Series were found" warning on stderr:
+    a folder without DICOM gets our own error message instead."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def series_table(series: list[SeriesInfo]) -> str:
@@ -107,7 +118,7 @@ def find_series(path: str | Path, series_uid: str | None = None, *, what: str = 
                     f"from {folder}")
         return chosen, note
     if not series:
-        sub = sorted(p.name for p in folder.iterdir() if p.is_dir() and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+        sub = sorted(p.name for p in folder.iterdir() if p.is_dir() and _series_ids(str(p)))
         hint = f"; its subfolders {', '.join(sub[:5])}{' ...' if len(sub) > 5 else ''} do: pass one of them" if sub else ""
         raise ECFusionError(f"{what} {folder} is a folder with no DICOM series in it{hint}; give an image file "
                             "(NRRD, NIfTI, MHA) or a folder holding a DICOM series")
