@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tasks import check_task
+from .tasks import TASK_SPECS, check_task
 
 RAMP = 32.0  # grey levels over which the rule fades in above the threshold
-# Per task (cross-validated): source grey level (0-255) above which the rule starts (None = off), and the MRI
-# grey level below which it applies (None = anywhere).
-DEFAULT_THRESHOLDS: dict[str, float | None] = {"CT-MRI": 128.0, "PET-MRI": 208.0, "SPECT-MRI": 128.0}
-DEFAULT_DARK: dict[str, float | None] = {"CT-MRI": 30.0, "PET-MRI": None, "SPECT-MRI": None}
+# Per task (cross-validated; the facts live in each TaskSpec): source grey level (0-255) above which the rule
+# starts (None = off), and the MRI grey level below which it applies (None = anywhere).
+DEFAULT_THRESHOLDS: dict[str, float | None] = {name: spec.salient_threshold for name, spec in TASK_SPECS.items()}
+DEFAULT_DARK: dict[str, float | None] = {name: spec.salient_dark for name, spec in TASK_SPECS.items()}
 
 
 def keep_salient(fused_y: np.ndarray, source: np.ndarray, task: str | None = None, enabled: bool = True, *,

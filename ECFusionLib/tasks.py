@@ -44,6 +44,10 @@ class TaskSpec:
         default_window: (window, level) for "window", in the modality's units (CT: HU), else None (robust range).
         dicom_modalities: DICOM Modality (0008,0060) codes of the second image.
         name_patterns: regular expressions on a lower-case volume name that identify the second image.
+        salient_threshold: the keep-salient rule's source grey level (0-255) above which the fused value is lifted
+            toward the second image (salient.py), None = the rule is off for the task.
+        salient_dark: the MRI grey level (0-255) below which the rule applies (CT bone under dark T1), None =
+            anywhere. Both chosen by cross-validation (model card).
     """
 
     name: str
@@ -54,6 +58,8 @@ class TaskSpec:
     default_window: tuple[float, float] | None = None
     dicom_modalities: tuple[str, ...] = ()
     name_patterns: tuple[str, ...] = ()
+    salient_threshold: float | None = None
+    salient_dark: float | None = None
     anatomical_modality: str = "MRI"
     anatomical_mapping: str = "percentiles"
 
@@ -75,13 +81,16 @@ def _word(*alternatives: str) -> str:
 # Order matters for name detection: the first task whose pattern matches wins.
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("PET-MRI", "PET", keep_colour=True, second_mapping="colormap", default_colormap="PET-Heat",
-             dicom_modalities=("PT",), name_patterns=(_word("pet", "pt", "fdg", "suv", "amyloid", "tau"),)),
+             dicom_modalities=("PT",), name_patterns=(_word("pet", "pt", "fdg", "suv", "amyloid", "tau"),),
+             salient_threshold=208.0),  # the highest that keeps a white PET-Heat lesion hot in 3D
     TaskSpec("SPECT-MRI", "SPECT", keep_colour=True, second_mapping="colormap", default_colormap="PET-Rainbow2",
              dicom_modalities=("NM", "ST"),
-             name_patterns=(_word("spect", "nm", "hmpao", "ecd", "datscan", "perfusion"),)),
+             name_patterns=(_word("spect", "nm", "hmpao", "ecd", "datscan", "perfusion"),),
+             salient_threshold=128.0),
     # [-35, 115] HU: brain grey, bone saturated white, air black, like the AANLIB training CTs
     TaskSpec("CT-MRI", "CT", keep_colour=False, second_mapping="window", default_window=(150.0, 40.0),
-             dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),)),
+             dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),),
+             salient_threshold=128.0, salient_dark=30.0),
 )}
 TASK_NAMES = tuple(sorted(TASK_SPECS))  # "CT-MRI", "PET-MRI", "SPECT-MRI": the order shown to users
 # Derived views, kept for the callers that only need one fact.
