@@ -145,17 +145,21 @@ class EdgeAugmentedModule(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(ch) for _ in range(blocks))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        edge = sobel_magnitude(x)
-        f = self.head(x)
-        taps = []
-        for i, block in enumerate(self.blocks):
-            f = block(f, edge)
-            if i in self.TAPS:
-                taps.append(f)
-        return taps
+        return run_blocks(self.head(x), self.blocks, sobel_magnitude(x), self.TAPS)
 
     def fused(self, dtype: torch.dtype) -> "FusedEncoder":
         return FusedEncoder(self, dtype)
+
+
+def run_blocks(f: torch.Tensor, blocks, edge: torch.Tensor, taps) -> list[torch.Tensor]:
+    """The encoder's residual chain, shared by the reference and the fused path: f (B x C x H x W) through each
+    block with the edge map (B x 1 x H x W); returns the outputs of the blocks whose index is in ``taps``."""
+    out = []
+    for i, block in enumerate(blocks):
+        f = block(f, edge)
+        if i in taps:
+            out.append(f)
+    return out
 
 
 class FusedEncoder:
@@ -168,13 +172,7 @@ class FusedEncoder:
         self.taps = eam.TAPS
 
     def __call__(self, x: torch.Tensor, edge: torch.Tensor) -> list[torch.Tensor]:
-        f = self.head(x)
-        taps = []
-        for i, block in enumerate(self.blocks):
-            f = block(f, edge)
-            if i in self.taps:
-                taps.append(f)
-        return taps
+        return run_blocks(self.head(x), self.blocks, edge, self.taps)
 
 
 class HCEL(nn.Module):
