@@ -11,12 +11,12 @@ as torch threads (one GPU per worker where there are GPUs), or an existing clust
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from .errors import ECFusionError
+from .runtime import usable_cores
 
 BATCH_FAILED = 4  # exit code: some rows failed (the others are done; see DIR/report.csv)
 EPILOG = """examples:
@@ -55,8 +55,7 @@ def default_workers(device: str) -> int:
                 return torch.cuda.device_count()
         except ImportError:
             pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 4)
+    return max(1, usable_cores() // 4)
 
 
 def _start_cluster(args):
@@ -78,15 +77,10 @@ def _start_cluster(args):
         client.register_plugin(WorkerSetup(args.threads, args.device))
         n = len(client.scheduler_info()["workers"])
         return client, None, f"Dask cluster {args.scheduler} ({n} workers now)"
-    if args.device == "cuda":
-        from .engine import resolve_device
-
-        resolve_device("cuda")  # no GPU here: say so once, not once per row
     workers = args.workers or default_workers(args.device)
     if workers < 1:
         raise ECFusionError("--workers must be at least 1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = args.threads or max(1, cores // workers)
+    threads = args.threads or max(1, usable_cores() // workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
     client.register_plugin(WorkerSetup(threads, args.device))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from distributed import WorkerPlugin
 
 from .errors import ECFusionError
+from .runtime import usable_cores
 
 
 @dataclass
@@ -130,8 +131,7 @@ class WorkerSetup(WorkerPlugin):
         lib.propagate = False
 
         nthreads = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(self.threads or max(1, cores // nthreads))
+        torch.set_num_threads(self.threads or max(1, usable_cores() // nthreads))
         if self.device != "cpu" and torch.cuda.is_available():
             name = worker.name
             index = name if isinstance(name, int) else sum(map(ord, str(name)))

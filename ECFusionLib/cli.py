@@ -462,8 +462,6 @@ def cmd_demo(args) -> int:
     return cmd_fuse(ns)
 
 
-log = logging.getLogger("ECFusionLib.cli")
-
 COMMANDS = {"fuse": cmd_fuse, "register": cmd_register, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "models": cmd_models, "batch": cmd_batch}
 

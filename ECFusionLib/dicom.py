@@ -102,15 +102,16 @@ def find_series(path: str | Path, series_uid: str | None = None, *, what: str = 
     series = list_series(folder)
     if path.is_file():
         try:
-            own = _header(str(path))["series_uid"]
+            head = _header(str(path))
         except RuntimeError as exc:
             raise ECFusionError(f"cannot read {what} {path}: not a readable DICOM file ({_last_line(exc)})") from exc
+        own = head["series_uid"]
         if series_uid and series_uid != own:
             raise ECFusionError(f"{what} {path} belongs to series {own}, not {series_uid}")
         series_uid = own
         match = [s for s in series if s.uid == own and str(path.resolve()) in {str(Path(f).resolve()) for f in s.files}]
         if not match:  # GDCM could not group it (e.g. no series UID): the file alone
-            return SeriesInfo(uid=own, modality=_header(str(path))["modality"], description="", files=[str(path)]), None
+            return SeriesInfo(uid=own, modality=head["modality"], description="", files=[str(path)]), None
         chosen = match[0]
         note = None
         if len(chosen.files) > 1:

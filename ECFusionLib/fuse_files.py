@@ -22,7 +22,7 @@ from .dicom import SeriesInfo, find_series, is_dicom, read_series
 from .errors import ECFusionError
 from .input_checks import check_numbers, input_warnings, refuse_same_input
 from .modality import image_modality, resolve_task
-from .safe_files import refuse_overwriting_inputs
+from .safe_files import refuse_overwriting_inputs, sha256_files
 from .suv import PET_UNITS, suv_factor
 from .tasks import check_task, second_modality
 from .volume_io import (check_image, check_output_dimension, check_writable, full_suffix, read_image, sidecar_path,
@@ -92,16 +92,6 @@ class FuseOutcome:
     image: sitk.Image
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0  # reading to writing, registration included
-
-
-def sha256_files(files: list) -> str:
-    """One SHA-256 over the files' contents, in order (a DICOM series: its files sorted by position)."""
-    h = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _volume_files(path: Path) -> list[Path]:
@@ -299,7 +289,7 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     check_output_dimension(anatomical.image, output)
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
                         notify=log.warning)
-    task, _ = resolve_task(request.task, anatomical.modality, second.modality)  # input_warnings checks the labels
+    task = resolve_task(request.task, second.modality)  # input_warnings checks the labels
     if model is None:
         model, info = load_model(task, request.weights)
     units = _pet_units(request, task, second)

@@ -18,6 +18,11 @@ TRIM = 512 * MIB  # freed heap memory the process may keep
 _ALLOCATOR_TUNED = False
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else all), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def tune_cpu(allocator: bool = True) -> dict[str, str]:
     """Tune this process for CPU inference; call it before the first torch computation.
 

@@ -13,6 +13,7 @@ that folder removes temporaries whose process is gone (``remove_stale_temporarie
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -182,3 +183,14 @@ def install_sigterm_handler() -> None:
     """Turn SIGTERM into ``Terminated`` (a KeyboardInterrupt) in the main thread; no-op elsewhere."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def sha256_files(files: Iterable) -> str:
+    """One SHA-256 (hex) over the files' contents, in order (one file: its own digest; a DICOM series: its files
+    sorted by position)."""
+    h = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

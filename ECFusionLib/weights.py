@@ -20,7 +20,7 @@ import torch
 
 from .errors import ECFusionError, WeightsError
 from .registry import architecture_of, create_model
-from .safe_files import atomic_write
+from .safe_files import atomic_write, sha256_files
 from .tasks import check_task
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -30,11 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 (hex) of a file's bytes."""
+    return sha256_files([path])
 
 
 def torch_too_old(version: str | None = None) -> bool:

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from ECFusionLib.cli import main as ecfusion
 from ECFusionLib.phantom import make_phantom
+from ECFusionLib.runtime import usable_cores
 
 
 def make_cohort(folder: Path, rows: int, size: int) -> Path:
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
     args = ap.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_cohort(Path(tmp), args.rows, args.size)
