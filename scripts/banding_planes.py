@@ -27,9 +27,8 @@ import SimpleITK as sitk  # noqa: E402
 
 def mapped_inputs(mri_img, second_img, task):
     """(second u8 (CT or functional Y), MRI u8) on the MRI grid, z y x, mapped as ``fuse_images`` maps them."""
-    from ECFusionLib.fusion import default_window_level
     from ECFusionLib.geometry import resample_onto
-    from ECFusionLib.intensity import map_ct, map_functional, map_mri
+    from ECFusionLib.intensity import default_window_level, map_ct, map_functional, map_mri
 
     moved = sitk.GetArrayFromImage(resample_onto(second_img, mri_img))
     if task == "CT-MRI":
@@ -64,7 +63,7 @@ def measure(name, mri_img, second_img, task) -> list[dict]:
     out, fused = [], {}
     for axis in (0, 1, 2):
         t0 = time.time()
-        fused[axis] = keep_salient(fuse_volume(model, sec, mri, axis=axis, device="cpu")[0], sec, task)
+        fused[axis] = keep_salient(fuse_volume(model, sec, mri, axis=axis, device="cpu")[0], sec, task, anatomical=mri)
         fused[f"t{axis}"] = time.time() - t0
     three = np.rint((fused[0].astype(np.float32) + fused[1] + fused[2]) / 3)
     for label, vol, secs in (("1 plane (axial)", fused[0], fused["t0"]),

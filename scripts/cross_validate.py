@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from ECFusionLib.tasks import TASK_NAMES  # noqa: E402
+
 FOLDS_FILE = ROOT / "ECFusionLib" / "weights" / "cv_folds.json"
 SIX = ("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")
 THRESHOLDS = (128.0, 160.0, 192.0)
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="AANLIB folder (read in place)")
     p.add_argument("--cache", required=True, help="folder for fused PNGs and per-image scores (outside the repository)")
-    p.add_argument("--tasks", nargs="*", default=["CT-MRI", "PET-MRI", "SPECT-MRI"])
+    p.add_argument("--tasks", nargs="*", default=list(TASK_NAMES))
     p.add_argument("--weights", help="weights file (default: the bundled weights); use a fresh --cache per weights")
     p.add_argument("--folds", default=str(FOLDS_FILE))
     p.add_argument("--thresholds", nargs="*", type=float, default=list(THRESHOLDS), help="keep-salient thresholds to try")

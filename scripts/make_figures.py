@@ -47,9 +47,8 @@ def run_fuse(mri: Path, second: Path, task: str, out: Path, extra=()) -> float:
 def display_volumes(mri_path: Path, second_path: Path, fused_path: Path, task: str):
     """(MRI grey u8, second as displayed RGB u8, fused RGB u8), each z, y, x(, 3) on the MRI grid in LPS order,
     with the same intensity mappings ``fuse_images`` uses."""
-    from ECFusionLib.fusion import default_window_level
     from ECFusionLib.geometry import resample_onto
-    from ECFusionLib.intensity import map_ct, map_functional, map_mri
+    from ECFusionLib.intensity import default_window_level, map_ct, map_functional, map_mri
 
     mri = sitk.ReadImage(str(mri_path), sitk.sitkFloat32)
     second = sitk.ReadImage(str(second_path), sitk.sitkFloat32)
@@ -70,7 +69,7 @@ def display_volumes(mri_path: Path, second_path: Path, fused_path: Path, task: s
     f = sitk.GetArrayFromImage(lps(fused))
     if f.ndim == 3:
         f = np.repeat(f[..., None], 3, -1)
-    return as_lps(mri_u8, False), as_lps(sec_rgb, True), f, sitk.GetArrayFromImage(lps(fused)), mri.GetSpacing()
+    return as_lps(mri_u8, False), as_lps(sec_rgb, True), f, mri.GetSpacing()
 
 
 def views(vol: np.ndarray, point) -> list[np.ndarray]:
@@ -138,7 +137,7 @@ def figure(name: str, mri: Path, second: Path, task: str, out_dir: Path, tmp: Pa
 
     fused_path = tmp / f"{name}.nrrd"
     secs = run_fuse(mri, second, task, fused_path)
-    mri_u8, sec_rgb, fused_rgb, _, spacing = display_volumes(mri, second, fused_path, task)
+    mri_u8, sec_rgb, fused_rgb, spacing = display_volumes(mri, second, fused_path, task)
     if point is None:
         point = tuple(s // 2 for s in mri_u8.shape)
     write_png(montage([mri_u8, sec_rgb, fused_rgb], point, spacing), out_dir / f"{name}.png")
