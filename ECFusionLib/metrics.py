@@ -357,6 +357,5 @@ def banding_ratio(fused, a, b, axis: int = 0) -> dict[str, float]:
     content = np.zeros(vols[0].shape, bool)
     for v in vols:
         content |= v > 0
-    mask = np.moveaxis(content, 0, axis)
-    f, ba, bb = (banding(v, 0, np.moveaxis(mask, axis, 0)) for v in vols)
+    f, ba, bb = (banding(v, 0, content) for v in vols)
     return {"fused": f, "a": ba, "b": bb, "ratio": f / max(ba, bb) if max(ba, bb) > 0 else float("nan")}

@@ -13,6 +13,9 @@ import sys
 
 log = logging.getLogger(__name__)
 
+# Oldest PyTorch accepted: torch < 2.6 has published torch.load(weights_only=True) bypasses (weights.py, the Slicer
+# module and pyproject.toml's requirement).
+TORCH_MINIMUM = (2, 6)
 MIB = 1024 * 1024
 TRIM = 512 * MIB  # freed heap memory the process may keep
 _ALLOCATOR_TUNED = False

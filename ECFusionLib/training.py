@@ -127,8 +127,9 @@ def pack_pairs(root, out, tasks=None) -> Path:
     from .volume_io import read_image
 
     arrays = {}
-    for task in sorted({p.task for p in find_pairs(root, tasks)}):
-        pairs = find_pairs(root, [task])
+    found = find_pairs(root, tasks)  # once: the folders are listed (and orphans reported) one time
+    for task in sorted({p.task for p in found}):
+        pairs = [p for p in found if p.task == task]
         sec = [GetArrayFromImage(read_image(p.second, allow_rgb=True)) for p in pairs]
         mri = [GetArrayFromImage(read_image(p.mri, allow_rgb=True)) for p in pairs]
         for name, stack in (("second", sec), ("mri", mri)):
@@ -136,9 +137,18 @@ def pack_pairs(root, out, tasks=None) -> Path:
                 raise ECFusionError(f"{task}: packing needs 8-bit images of one size ({name})")
             arrays[f"{task}/{name}"] = np.stack(stack)
         arrays[f"{task}/names"] = np.array([p.name for p in pairs])
+    return _write_npz(out, arrays)
+
+
+def _write_npz(out, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to the compressed ``.npz`` ``out`` atomically (its folder made if needed)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    atomic_write(out, write)
     return out
 
 
@@ -158,10 +168,7 @@ def subset_packed(src, out, per_case: int) -> Path:
                 keep.append(i)
         for k in ("names", "second", "mri"):
             arrays[f"{task}/{k}"] = arrays[f"{task}/{k}"][keep]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
-    return out
+    return _write_npz(out, arrays)
 
 
 def read_packed(path, task: str):

@@ -20,6 +20,7 @@ import torch
 
 from .errors import ECFusionError, WeightsError
 from .registry import architecture_of, create_model
+from .runtime import TORCH_MINIMUM
 from .safe_files import atomic_write, sha256_files
 from .tasks import check_task
 
@@ -38,7 +39,7 @@ def torch_too_old(version: str | None = None) -> bool:
     """True for torch < 2.6 (``torch.load(weights_only=True)`` bypasses were published for those)."""
     parts = (version or torch.__version__).split("+")[0].split(".")
     try:
-        return (int(parts[0]), int(parts[1])) < (2, 6)
+        return (int(parts[0]), int(parts[1])) < TORCH_MINIMUM
     except (ValueError, IndexError):
         return False
 

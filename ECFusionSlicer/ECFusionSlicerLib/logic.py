@@ -26,6 +26,7 @@ import vtk
 # Nothing here tunes the process (OpenMP wait policy, allocator): inside Slicer the process is the application's.
 # That is ECFusionLib.runtime.tune_cpu(), which only the command line calls.
 from ECFusionLib.errors import CancelledError, ECFusionError
+from ECFusionLib.runtime import TORCH_MINIMUM
 from ECFusionLib.tasks import (AXES_ANATOMICAL, DEVICES, PRECISIONS, REGISTRATION_MODES, TASK_NAMES, TASK_SPECS,
                                check_choice, check_task, detect_task, task_spec)
 
@@ -55,8 +56,6 @@ def parameter_text(value) -> str:
 PARAMETERS = {name: parameter_text(value) for name, value in DEFAULTS.items()}  # as stored in the node
 # Limits of the numeric settings, shared by the logic's checks and the widget's spin boxes (WithinRange).
 LIMITS = {"batchSize": (0, 256), "ctWindow": (1.0, 10000.0), "ctLevel": (-2000.0, 5000.0)}
-# Oldest PyTorch accepted (torch < 2.6 has published weights_only=True bypasses).
-TORCH_MINIMUM = (2, 6)
 StatusCallback = Callable[[str], None]
 
 
