@@ -73,14 +73,21 @@ def temporary_name(path: Path) -> Path:
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{MARKER}{os.getpid()}-", suffix=suffix, dir=path.parent or ".")
     os.close(fd)
+    tmp = _key(tmp)
     with _LOCK:
         _ACTIVE.add(tmp)
     return Path(tmp)
 
 
+def _key(path: str | Path) -> str:
+    """The name a temporary is known by in ``_ACTIVE``: absolute (not resolved), so that a folder listed by a
+    relative name (``--output fused.nii.gz``) and the temporary's own name compare equal."""
+    return os.path.abspath(path)
+
+
 def _discard(tmp: Path) -> None:
     with _LOCK:
-        _ACTIVE.discard(str(tmp))
+        _ACTIVE.discard(_key(tmp))
     try:
         tmp.unlink()
     except FileNotFoundError:
@@ -94,7 +101,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     power cut). Returns what was removed. Temporaries of running processes are left alone."""
     removed = []
     try:
-        entries = list(Path(folder).iterdir())
+        entries = list(Path(_key(folder)).iterdir())  # absolute names, as in _ACTIVE
     except OSError:
         return removed
     for p in entries:
@@ -102,7 +109,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         if not m or not p.is_file():
             continue
         pid = int(m.group(1))
-        if pid == os.getpid() and str(p) in _ACTIVE:
+        if pid == os.getpid() and _key(p) in _ACTIVE:
             continue
         if pid != os.getpid() and _process_alive(pid):
             continue
@@ -158,7 +165,7 @@ def atomic_write_group(writers: dict[Path, Callable[[str], None]]) -> list[Path]
         for tmp, p in zip(temps, paths):
             os.replace(tmp, p)
             with _LOCK:
-                _ACTIVE.discard(str(tmp))
+                _ACTIVE.discard(_key(tmp))
     except BaseException:
         for tmp in temps:
             _discard(tmp)
