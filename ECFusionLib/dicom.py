@@ -6,6 +6,7 @@ series' Units). Physical units: mm, LPS, as DICOM and SimpleITK use them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ TAGS = {"modality": "0008|0060", "description": "0008|103e", "series_uid": "0020
         "position": "0020|0032", "orientation": "0020|0037", "units": "0054|1001"}
 SPACING_TOLERANCE = (0.01, 0.01)  # slice spacings may differ by 0.01 mm + 1 % (rounded positions)
 TILT_TOLERANCE_DEG = 0.1
+CHARSET = "0008|0005"
+SOP_INSTANCE = "0008|0018"
+RESCALE = ("0028|1052", "0028|1053")  # intercept, slope  # Specific Character Set: how the file's text is encoded
 
 
 @dataclass
@@ -57,7 +61,33 @@ def _header(file: str) -> dict[str, str]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(file))
     reader.ReadImageInformation()
-    return {name: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else "" for name, tag in TAGS.items()}
+    charset = reader.GetMetaData(CHARSET) if reader.HasMetaDataKey(CHARSET) else ""
+    return {name: dicom_text(reader.GetMetaData(tag), charset).strip() if reader.HasMetaDataKey(tag) else ""
+            for name, tag in TAGS.items()}
+
+
+def dicom_text(value: str, charset: str = "") -> str:
+    """A DICOM string as SimpleITK returns it, decoded by its Specific Character Set (0008,0005).
+
+    GDCM hands over the file's bytes: SimpleITK decodes them as UTF-8 with "surrogateescape", so Latin-1
+    (ISO_IR 100, e.g. "Müller") arrives with lone surrogates that cannot be stored again, and ISO 2022 text keeps
+    its escape sequences. The bytes are recovered and decoded as DICOM says (pydicom's rules, including ISO 2022
+    code extensions); undecodable bytes become U+FFFD rather than an error.
+    """
+    raw = value.encode("utf-8", "surrogateescape")
+    if raw.isascii() and b"\x1b" not in raw:
+        return value
+    import warnings
+
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about unknown or mislabelled character sets
+        try:
+            encodings = convert_encodings([c.strip() for c in charset.split("\\")] if charset.strip() else ["ISO_IR 6"])
+            return decode_bytes(raw, encodings, {0x5C, 0x5E, 0x3D})  # \ ^ = reset ISO 2022 code extensions
+        except (LookupError, ValueError):
+            return raw.decode("utf-8", "replace")
 
 
 def list_series(folder: str | Path) -> list[SeriesInfo]:
@@ -95,15 +125,72 @@ def find_series(path: str | Path, series_uid: str | None = None, *, what: str = 
     """The series to read for ``path`` (a folder or one file of a series) and a note for the user, or None.
 
     A folder with several series needs ``series_uid`` (else an error lists them); one file of a
-    multi-file series gives its whole series, with a note saying so.
+    multi-file series gives its whole series, with a note saying so. A file of the chosen series that GDCM
+    cannot read (cut off, damaged) is an error naming it, not a silently missing slice.
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     series = list_series(folder)
+    chosen, note = _choose_series(path, folder, series, series_uid, what, choose_with)
+    unreadable = _left_out(folder, series, chosen.uid)
+    if unreadable:
+        names = ", ".join(Path(f).name for f in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        raise ECFusionError(f"{what} DICOM series {chosen.uid} in {folder}: {len(unreadable)} of its files cannot be "
+                            f"read as images ({names}): cut off or damaged, e.g. by an interrupted copy. Copy them "
+                            "again; without them the volume would miss slices")
+    return chosen, note
+
+
+def _left_out(folder: Path, series: list[SeriesInfo], uid: str) -> list[str]:
+    """Files directly in ``folder`` that GDCM grouped into no series although their header names series ``uid``
+    (GDCM drops a file whose pixel data is cut off without a word)."""
+    import pydicom
+
+    grouped = {os.path.abspath(f) for s in series for f in s.files}
+    left = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_file() or os.path.abspath(entry) in grouped:
+            continue
+        try:
+            ds = pydicom.dcmread(entry, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:  # noqa: BLE001 - not DICOM at all (a README, a .txt): none of ours
+            continue
+        if str(ds.get("SeriesInstanceUID", "")).strip() == uid:
+            left.append(str(entry))
+    return left
+
+
+def what_dicom_is(path: str | Path) -> str | None:
+    """For a DICOM file that holds no image: what it is ("a DICOMDIR ...", "a DICOM RT Structure Set ..."); None
+    when it is not DICOM or does hold an image."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - not DICOM: the caller's message stands
+        return None
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    name = getattr(sop, "name", "") or str(sop or "")
+    if "DirectoryRecordSequence" in ds or name == "Media Storage Directory Storage":
+        return ("a DICOMDIR: the index of the files on a DICOM disc or folder, which holds no image. Give the folder "
+                "of the series (the files the DICOMDIR lists) instead")
+    if "Rows" in ds and "Columns" in ds:
+        return None
+    modality = str(ds.get("Modality", "")).strip()
+    kind = f"a DICOM {name}" if name else "a DICOM object"
+    return (f"{kind}{f' (Modality {modality})' if modality else ''}, which holds no image (no rows, columns or "
+            "pixel data). Give a file or folder of the image series instead")
+
+
+def _choose_series(path: Path, folder: Path, series: list[SeriesInfo], series_uid: str | None, what: str,
+                   choose_with: str) -> tuple[SeriesInfo, str | None]:
     if path.is_file():
         try:
             head = _header(str(path))
         except RuntimeError as exc:
+            kind = what_dicom_is(path)
+            if kind:
+                raise ECFusionError(f"{what} {path} is {kind}") from exc
             raise ECFusionError(f"cannot read {what} {path}: not a readable DICOM file ({_last_line(exc)})") from exc
         own = head["series_uid"]
         if series_uid and series_uid != own:
@@ -148,6 +235,7 @@ def read_series(series: SeriesInfo, what: str = "image") -> sitk.Image:
     except RuntimeError as exc:
         raise ECFusionError(f"cannot read {what} DICOM series {series.uid}: {_last_line(exc)}") from exc
     if len(series.files) > 1:
+        check_copies_and_rescale(reader, series.files, f"{what} DICOM series {series.uid}")
         positions, orientations = [], []
         for i, file in enumerate(series.files):
             if reader.HasMetaDataKey(i, TAGS["position"]) and reader.HasMetaDataKey(i, TAGS["orientation"]):
@@ -158,9 +246,29 @@ def read_series(series: SeriesInfo, what: str = "image") -> sitk.Image:
                 positions.append(position)
                 orientations.append(orientation)
         check_geometry(positions, orientations, f"{what} DICOM series {series.uid}")
+    charset = reader.GetMetaData(0, CHARSET) if reader.HasMetaDataKey(0, CHARSET) else ""
     for key in reader.GetMetaDataKeys(0):
-        image.SetMetaData(key, reader.GetMetaData(0, key))
+        image.SetMetaData(key, dicom_text(reader.GetMetaData(0, key), charset))
     return image
+
+
+def check_copies_and_rescale(reader: sitk.ImageSeriesReader, files: list[str], what: str) -> None:
+    """ECFusionError for two files holding one image (the same SOP Instance UID: a copied file), and for a series
+    where some files have Rescale Slope/Intercept and others not (those would be read unscaled: wrong values)."""
+    seen: dict[str, str] = {}
+    for i, file in enumerate(files):
+        uid = reader.GetMetaData(i, SOP_INSTANCE).strip() if reader.HasMetaDataKey(i, SOP_INSTANCE) else ""
+        if uid and uid in seen:
+            raise ECFusionError(f"{what}: {Path(file).name} and {Path(seen[uid]).name} are copies of one image (the "
+                                f"same SOP Instance UID {uid}); remove the copy and run again")
+        seen.setdefault(uid, file)
+    lacking = [Path(f).name for i, f in enumerate(files)
+               if not all(reader.HasMetaDataKey(i, tag) for tag in RESCALE)]
+    if lacking and len(lacking) < len(files):
+        shown = ", ".join(lacking[:5]) + (" ..." if len(lacking) > 5 else "")
+        raise ECFusionError(f"{what}: {len(lacking)} of its {len(files)} files lack Rescale Slope/Intercept "
+                            f"(0028,1053/0028,1052) that the others have: {shown}. Their stored values would be read "
+                            "without the scaling (wrong intensities); export the series again, or remove those files")
 
 
 def check_geometry(positions: list, orientations: list, what: str) -> None:

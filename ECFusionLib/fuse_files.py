@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from . import __version__
 from .dicom import SeriesInfo, find_series, is_dicom, read_series
 from .errors import ECFusionError
-from .input_checks import check_numbers, input_warnings, refuse_same_input
+from .input_checks import check_numbers, input_warnings, refuse_same_input, refuse_same_series
 from .modality import image_modality, resolve_task
 from .safe_files import refuse_overwriting_inputs, sha256_files
 from .suv import PET_UNITS, suv_factor
@@ -289,6 +289,7 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     check_output_dimension(anatomical.image, output)
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
                         notify=log.warning)
+    refuse_same_series(anatomical.series, second.series)
     task = resolve_task(request.task, second.modality)  # input_warnings checks the labels
     if model is None:
         model, info = load_model(task, request.weights)

@@ -12,6 +12,8 @@ window), never an error. Certainly wrong (``refuse_same_input``): one file given
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -27,9 +29,22 @@ SAMPLE = 2_000_000  # voxels looked at (a regular subsample of larger images)
 
 
 def refuse_same_input(anatomical_path, functional_path) -> None:
+    """One file given as both inputs. One DICOM folder is not refused here: it may hold both series (the README's
+    ``--anatomical study/ --functional study/`` with ``--*-series``); ``refuse_same_series`` checks those once the
+    series are chosen (and a folder of several series without the UIDs gets the series list)."""
     if anatomical_path and functional_path and same_file(anatomical_path, functional_path):
+        if Path(anatomical_path).is_dir():
+            return
         raise ECFusionError(f"--anatomical and --functional are the same file ({anatomical_path}); give the MRI "
                             "and the CT/PET/SPECT image")
+
+
+def refuse_same_series(anatomical, functional) -> None:
+    """ECFusionError when both inputs read the same DICOM series (``dicom.SeriesInfo`` or None each)."""
+    if anatomical is not None and functional is not None and anatomical.files == functional.files:
+        raise ECFusionError(f"--anatomical and --functional are the same DICOM series ({anatomical.uid}, "
+                            f"{anatomical.modality or 'modality unknown'}); choose the MRI series with "
+                            "--anatomical-series UID and the CT/PET/SPECT series with --functional-series UID")
 
 
 def _values(img: sitk.Image) -> np.ndarray | None:

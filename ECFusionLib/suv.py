@@ -10,11 +10,23 @@ SimpleITK does not include sequences.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 
 from .errors import ECFusionError
 
 PET_UNITS = ("native", "suv")
+_NUMBER = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def tag_number(value, tag: str, unit: str, what: str) -> float:
+    """A positive number from a DICOM decimal string, accepting the ``unit`` written after it ("70kg", "70 KG"):
+    scanners and hand-edited archives do that. ECFusionError naming the tag and its value otherwise."""
+    match = _NUMBER.match(str(value))
+    if match and match.group(2).lower() in ("", unit.lower()) and float(match.group(1)) > 0:
+        return float(match.group(1))
+    raise ECFusionError(f"{what}: {tag} is '{value}', not a number > 0 in {unit}. Correct the tag, or use "
+                        "--pet-units native (the default) and give --window/--level in the image's own units")
 
 
 def _when(date: str, time: str) -> datetime | None:
@@ -49,7 +61,7 @@ def suv_factor(dicom_file: str) -> dict:
     if missing:
         raise ECFusionError(f"{what}: missing {', '.join(missing)}. Use --pet-units native (the default) and give "
                             "--window/--level in the image's own units")
-    weight_kg = float(ds.PatientWeight)
+    weight_kg = tag_number(ds.get("PatientWeight"), "PatientWeight (0010,1030)", "kg", what)
     base = {"patient_weight_kg": weight_kg, "source_units": units}
     if units == "GML":  # the scanner already stored SUVbw
         return {"units": "SUVbw", "factor": 1.0, **base, "note": "values already in g/ml (SUVbw)"}
@@ -85,7 +97,9 @@ def suv_factor(dicom_file: str) -> dict:
     else:
         raise ECFusionError(f"{what}: DecayCorrection (0054,1102) is {correction or 'missing'}; only START and "
                             "ADMIN are supported")
-    decayed = float(dose) * math.exp(-math.log(2) * elapsed / float(half_life))
-    return {"units": "SUVbw", "factor": weight_kg * 1000.0 / decayed, **base, "injected_dose_Bq": float(dose),
-            "half_life_s": float(half_life), "injection_time": injected.isoformat(),
+    dose = tag_number(dose, "RadionuclideTotalDose (0018,1074)", "Bq", what)
+    half_life = tag_number(half_life, "RadionuclideHalfLife (0018,1075)", "s", what)
+    decayed = dose * math.exp(-math.log(2) * elapsed / half_life)
+    return {"units": "SUVbw", "factor": weight_kg * 1000.0 / decayed, **base, "injected_dose_Bq": dose,
+            "half_life_s": half_life, "injection_time": injected.isoformat(),
             "reference_time": reference.isoformat(), "decay_correction": correction, "elapsed_s": elapsed}

@@ -31,7 +31,7 @@ def run(capsys, *argv):
 
 def readme_command(start: str) -> list[str]:
     """The README's command line that starts with ``start``, without its comment, as argv (after ``ecfusion``)."""
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith(start):
             return shlex.split(line.split("  #")[0])[1:]
     raise AssertionError(f"the README has no example starting with {start!r}")
