@@ -13,9 +13,11 @@ that folder removes temporaries whose process is gone (``remove_stale_temporarie
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -156,11 +158,13 @@ def atomic_write_group(writers: dict[Path, Callable[[str], None]]) -> list[Path]
             temps.append(tmp)
             try:
                 write(str(tmp))
+                _sync(tmp)
             except OSError as exc:
-                raise ECFusionError(f"cannot write {p}: {exc.strerror or exc}; nothing was written") from exc
+                raise ECFusionError(f"cannot write {p}: {exc.strerror or exc}{disk_full_hint(p)}; nothing was "
+                                    "written") from exc
             except RuntimeError as exc:  # SimpleITK and torch report I/O failures as RuntimeError
                 last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ECFusionError(f"cannot write {p}: {last}; nothing was written") from exc
+                raise ECFusionError(f"cannot write {p}: {last}{disk_full_hint(p)}; nothing was written") from exc
             os.chmod(tmp, file_mode())
         for tmp, p in zip(temps, paths):
             os.replace(tmp, p)
@@ -173,8 +177,46 @@ def atomic_write_group(writers: dict[Path, Callable[[str], None]]) -> list[Path]
     return paths
 
 
+LOW_SPACE = 64 << 20  # bytes: below this, a failed write is most likely a full disk
+
+
+def disk_full_hint(path: str | Path) -> str:
+    """" (the disk is probably full: N MB free ...)" when ``path``'s file system has little room left, else ""."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= LOW_SPACE:
+        return ""
+    return f" (the disk is probably full: {free / 1e6:.1f} MB free on the disk holding {folder})"
+
+
+def _sync(tmp: Path) -> None:
+    """Flush the temporary to the disk before it may replace anything: a write error the kernel reports late
+    (NFS, quotas, a full disk behind a cache) surfaces here, while the previous file is still in place."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # a file system without fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_text_verified(tmp: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``tmp`` and read it back: ECFusionError unless every byte arrived."""
+    Path(tmp).write_text(text, encoding="utf-8")
+    if Path(tmp).read_bytes() != text.encode("utf-8"):
+        raise OSError(errno.EIO, "the file does not read back as written (is the disk full?)")
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: write_text_verified(tmp, text))
 
 
 class Terminated(KeyboardInterrupt):

@@ -16,7 +16,7 @@ from .dicom import is_dicom, read_dicom
 from .errors import ECFusionError
 from .file_integrity import check_complete
 from .nifti_rgb import write_rgb24_nifti
-from .safe_files import atomic_write_group
+from .safe_files import atomic_write_group, disk_full_hint, write_text_verified
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".png",)
@@ -133,6 +133,50 @@ def check_output_dimension(img_or_size, path: str | Path) -> None:
                             "(for 2D PNG pairs use --input-dir)")
 
 
+def verify_written(tmp: str | Path, img: sitk.Image, target: str | Path) -> None:
+    """ECFusionError unless the file just written to ``tmp`` (on its way to ``target``) holds all of ``img``.
+
+    Writers can fail without a word: ITK's NIfTI writer leaves a cut-off gzip stream on a full disk and returns.
+    Checked, before the file may replace anything: the voxel data are as long as the header says and every gzip
+    or zlib stream ends with its trailer (CRC-32 and length verified; ``file_integrity.check_complete``, one chunk
+    in memory at a time), and the header read back gives the image's size and components. A PNG (one 2D slice,
+    small) is read back whole and compared voxel for voxel.
+    """
+    tmp = Path(tmp)
+
+    def fail(detail: str) -> ECFusionError:
+        hint = disk_full_hint(target) or " (is the disk full, or the file system failing?)"
+        return ECFusionError(f"cannot write {target}: the file written {detail}{hint}; nothing was written and any "
+                             f"previous {Path(target).name} is unchanged. Free some space or choose another output "
+                             "location")
+
+    try:
+        check_complete(tmp, "output")
+    except ECFusionError as exc:
+        raise fail("is incomplete: " + str(exc).split(": ", 1)[-1].split(". It was")[0]) from exc
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    try:
+        reader.ReadImageInformation()
+        size, ncomp = tuple(reader.GetSize()), reader.GetNumberOfComponents()
+        if full_suffix(target) == ".png":
+            back = sitk.GetArrayFromImage(reader.Execute())  # a copy: a view would outlive its image
+            if not np.array_equal(back.reshape(-1), sitk.GetArrayViewFromImage(img).reshape(-1)):
+                raise fail("does not read back as the image written")
+    except RuntimeError as exc:
+        raise fail(f"cannot be read back ({_read_error(exc, tmp)})") from exc
+    def squeeze(dims) -> tuple:  # (x, y, 1) is one 2D slice, as PNG stores it
+        dims = list(dims)
+        while len(dims) > 2 and dims[-1] == 1:
+            dims.pop()
+        return tuple(dims)
+
+    expected = squeeze(img.GetSize())
+    if squeeze(size) != expected or ncomp != img.GetNumberOfComponentsPerPixel():
+        raise fail(f"reads back as {'x'.join(map(str, size))} voxels of {ncomp} components instead of "
+                   f"{'x'.join(map(str, expected))} of {img.GetNumberOfComponentsPerPixel()}")
+
+
 def sidecar_path(output: str | Path) -> Path | None:
     """OUTPUT.json for formats that cannot carry key-value metadata (NIfTI, PNG); None for NRRD/MHA."""
     suffix = full_suffix(output)
@@ -153,12 +197,13 @@ def write_image_atomic(img: sitk.Image, path: str | Path, *, compress: bool = Tr
             write_rgb24_nifti(img, tmp, compress=full_suffix(path) == ".nii.gz")
         else:
             sitk.WriteImage(img, tmp, useCompression=compress)
+        verify_written(tmp, img, path)
 
     writers = {}
     side = sidecar_path(path)
     if sidecar is not None and side is not None:
         text = json.dumps(sidecar, indent=2)
-        writers[side] = lambda tmp: Path(tmp).write_text(text)
+        writers[side] = lambda tmp: write_text_verified(tmp, text)
     writers[path] = write_image  # last: a volume never appears without its sidecar
     atomic_write_group(writers)
     return path

@@ -96,3 +96,52 @@ def test_readme_2d_example_with_relative_folders(capsys, workdir):
             assert sitk.ReadImage(f"fused_pngs/{task}/{name}.png").GetSize() == (56, 40)
             assert Path(f"fused_pngs/{task}/{name}.json").is_file()
     assert hidden(workdir) == []
+
+
+# ------------------------------------------------------------------ full disks
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A real 2 MB file system (tmpfs, mounted as root) as the working folder; skipped where mounting is not
+    allowed (not root, or a container without the capability)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.strip() or res.returncode}")
+    monkeypatch.chdir(mount)
+    try:
+        yield mount
+    finally:
+        monkeypatch.chdir(tmp_path)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(folder: Path, leave: int) -> None:
+    """Fill ``folder``'s file system until about ``leave`` bytes are free."""
+    st = os.statvfs(folder)
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+@pytest.mark.parametrize("task, output", [("CT-MRI", "fused.nii.gz"), ("CT-MRI", "fused.nii"), ("CT-MRI", "fused.mha"),
+                                          ("CT-MRI", "fused.nrrd"), ("PET-MRI", "fused.nii.gz")])
+@pytest.mark.parametrize("leave", [0.25, 0.75])
+def test_full_disk_keeps_the_previous_output(capsys, small_disk, phantom_files, weights_file, task, output, leave):
+    """The same command again on a disk with room for a quarter (three quarters) of its output: exit 2, the
+    previous output and its sidecar byte-identical, no temporary left."""
+    second = "ct.nrrd" if task == "CT-MRI" else "pet.nrrd"
+    for name in ("mri.nrrd", second):
+        shutil.copy(phantom_files[name.split(".")[0].upper()], name)
+    options = ["--weights", weights_file, "--device", "cpu", "--quiet", "--task", task, "--anatomical", "mri.nrrd",
+               "--functional", second, "--output", output]
+    code, text = run(capsys, "fuse", *options)
+    assert code == 0, text
+    before = {p.name: file_digest(p) for p in small_disk.iterdir()}
+    fill_disk(small_disk, int(leave * Path(output).stat().st_size))
+    code, text = run(capsys, "fuse", *options)
+    assert code == 2, text
+    assert ("disk is probably full" in text or "No space left" in text) and "nothing was written" in text
+    assert "Traceback" not in text
+    (small_disk / "filler").unlink()
+    assert {p.name: file_digest(p) for p in small_disk.iterdir()} == before  # previous output and inputs intact
+    assert sitk.ReadImage(output).GetSize() == sitk.ReadImage("mri.nrrd").GetSize()
