@@ -88,7 +88,6 @@ def _start_cluster(args):
 
 
 def cmd_batch(args) -> int:
-    from .batch_report import ReportWriter
     from .manifest import read_manifest
 
     if args.threads is not None and args.threads < 1:
@@ -102,21 +101,16 @@ def cmd_batch(args) -> int:
         from .engine import resolve_device
 
         resolve_device("cuda")  # no GPU here: say so once, not once per row
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            Path(row.request.output).parent.mkdir(parents=True, exist_ok=True)
-        report = ReportWriter(out_dir, args.manifest)
-    except OSError as exc:
-        raise ECFusionError(f"cannot write into {out_dir} ({exc.strerror}); choose another --output-dir") from exc
-    client = cluster = None
-    try:
+    client = cluster = report = None
+    try:  # the cluster first: a scheduler that cannot be reached leaves no folder and no empty report behind
         client, cluster, where = _start_cluster(args)
+        report = _open_report(out_dir, rows, args.manifest)
         if not args.quiet:
             print(f"{len(rows)} rows on {where}", file=sys.stderr)
         counts = _run(client, rows, args, report)
     finally:
-        report.close()
+        if report is not None:
+            report.close()
         if client is not None:
             client.close()
         if cluster is not None:
@@ -125,6 +119,19 @@ def cmd_batch(args) -> int:
         print(f"{counts['ok']} fused, {counts['skipped']} skipped, {counts['failed']} failed; "
               f"report: {report.csv_path} and {report.html_path}")
     return BATCH_FAILED if counts["failed"] else 0
+
+
+def _open_report(out_dir: Path, rows, manifest):
+    """The output folders (``--output-dir`` and each row's) and the report writer."""
+    from .batch_report import ReportWriter
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            Path(row.request.output).parent.mkdir(parents=True, exist_ok=True)
+        return ReportWriter(out_dir, manifest)
+    except OSError as exc:
+        raise ECFusionError(f"cannot write into {out_dir} ({exc.strerror}); choose another --output-dir") from exc
 
 
 def _run(client, rows, args, report) -> dict:

@@ -85,15 +85,14 @@ def run_row(job: BatchJob) -> dict:
     record = {"id": job.id, "line": job.line, "output": str(job.request.output), "message": ""}
     try:
         recorded = None if job.force else _up_to_date(job)
-        if recorded is not None:
-            import SimpleITK as sitk
-
+        image, damage = _read_whole(job.request.output) if recorded is not None else (None, "")
+        if image is not None:
             record.update(status="skipped", message="output up to date", task=recorded.get("task", ""),
                           weights_sha256=recorded.get("weights_sha256", ""), **_hashes(recorded["job"]))
-            image = sitk.ReadImage(str(job.request.output))
         else:
             done = fuse_files(job.request, load_model=cached_model)
-            record.update(status="ok", message="; ".join(done.warnings), task=done.task,
+            notes = ([f"the previous output was damaged ({damage}) and was fused again"] if damage else []) + done.warnings
+            record.update(status="ok", message="; ".join(notes), task=done.task,
                           weights_sha256=done.metadata.get("weights_sha256", ""), **_hashes(done.metadata["job"]))
             image = done.image
         record["thumbnail"] = base64.b64encode(thumbnail_png(image)).decode()
@@ -103,6 +102,24 @@ def run_row(job: BatchJob) -> dict:
         record.update(status="failed", message=f"unexpected error: {type(exc).__name__}: {exc}")
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
+
+
+def _read_whole(output) -> tuple[object | None, str]:
+    """(the output image, "") when the whole file reads back: every byte of voxel data there, compressed streams
+    complete with their checksums (``file_integrity.check_complete``), and SimpleITK reads all of it; else
+    (None, what is wrong). An intact header over a damaged body is not up to date: it is fused again."""
+    import SimpleITK as sitk
+
+    from .file_integrity import check_complete
+
+    try:
+        check_complete(output, "output")
+        return sitk.ReadImage(str(output)), ""
+    except ECFusionError as exc:
+        return None, str(exc).split(": ", 1)[-1].split(". It was")[0]
+    except RuntimeError as exc:
+        text = str(exc).strip().splitlines()
+        return None, (text[-1] if text else type(exc).__name__)
 
 
 def _hashes(job_record: dict) -> dict:

@@ -14,7 +14,10 @@ Each row's values are parsed by ``ecfusion fuse``'s own option parser: one set o
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from pathlib import Path
 from .errors import ECFusionError
 from .fuse_files import FuseRequest
 from .tasks import check_task
-from .volume_io import OUTPUT_SUFFIXES, full_suffix
+from .volume_io import OUTPUT_SUFFIXES, full_suffix, sidecar_path
 
 REQUIRED = ("anatomical", "functional", "task")
 BATCH_LEVEL = ("device",)  # set once for the whole batch (--device)
@@ -73,15 +76,14 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
     Not checked here: whether the inputs can be read (a row that cannot fails alone when it runs).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ECFusionError(f"manifest not found: {path}")
+    text = manifest_text(path)
     base, out_dir = path.resolve().parent, Path(output_dir).resolve()
     parser = _fuse_parser()
     columns = _columns(parser)
     problems: list[str] = []
     rows: list[BatchRow] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(text, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header:
@@ -113,9 +115,9 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
                                      out_dir, device, weights))
                 except (_RowError, ECFusionError) as exc:
                     problems.append(f"line {line}: {exc}")
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
         raise ECFusionError(f"{path} is not a readable CSV file ({exc})") from exc
-    problems += _duplicates(rows)
+    problems += _collisions(rows)
     if problems:
         raise ECFusionError(_report(path, problems))
     if not rows:
@@ -148,16 +150,80 @@ def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, de
     return BatchRow(line, row_id, FuseRequest.from_args(args))
 
 
-def _duplicates(rows: list[BatchRow]) -> list[str]:
-    problems, seen_ids, seen_outputs = [], {}, {}
+def manifest_text(path: Path) -> str:
+    """The manifest's text: UTF-8 (with or without the BOM Excel writes) or UTF-16/32 with a BOM (Excel's
+    "Unicode text"); ECFusionError saying what the file is otherwise (a folder, missing, another encoding)."""
+    if path.is_dir():
+        csvs = sorted(p.name for p in path.glob("*.csv"))
+        hint = f"; it holds {', '.join(csvs[:5])}" if csvs else ""
+        raise ECFusionError(f"manifest {path} is a folder; give the CSV file itself{hint}")
+    if not path.is_file():
+        raise ECFusionError(f"manifest not found: {path}")
+    data = path.read_bytes()
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            break
+    else:
+        codec = "utf-8"
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ECFusionError(f"manifest {path} is not {codec.upper().replace('-SIG', '')} text (byte 0x{data[exc.start]:02x} "
+                            f"on line {line} cannot be decoded): save it as 'CSV UTF-8' (Excel: Save As, "
+                            "CSV UTF-8; LibreOffice: character set Unicode (UTF-8))") from exc
+
+
+def _identity(path: str | Path) -> tuple:
+    """What a path names: its device and inode when it exists (hard links, bind mounts), else its real path
+    (``..`` and symbolic links resolved, even where the file does not exist yet)."""
+    real = os.path.realpath(path)  # first: "fused/../x" names x even before fused/ exists
+    try:
+        st = os.stat(real)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", real)
+
+
+def _shown(path: str | Path) -> str:
+    """A path as the user would write it: relative to the working folder when inside it, else absolute."""
+    real = os.path.realpath(path)
+    rel = os.path.relpath(real)
+    return real if rel.startswith("..") else rel
+
+
+def _collisions(rows: list[BatchRow]) -> list[str]:
+    """Every row's outputs (the volume and its .json sidecar) against every other row's outputs and every row's
+    inputs, by what the paths name (not how they are spelt): a repeated id, two rows writing one file, an
+    output that is a row's input (the batch would destroy it) -- each with its line numbers."""
+    problems, seen_ids, repeated = [], {}, set()
     for row in rows:
-        out = str(Path(row.request.output))
         if row.id in seen_ids:
             problems.append(f"line {row.line}: id '{row.id}' is also on line {seen_ids[row.id]}; ids must be unique")
-        elif out in seen_outputs:
-            problems.append(f"line {row.line}: output {out} is also written by line {seen_outputs[out]}")
+            repeated.add(row.line)  # its default output repeats too: one problem is enough
         seen_ids.setdefault(row.id, row.line)
-        seen_outputs.setdefault(out, row.line)
+    reads: dict[tuple, tuple[int, str, str]] = {}
+    for row in rows:
+        r = row.request
+        for what, value in (("anatomical", r.anatomical), ("functional", r.functional), ("transform", r.transform),
+                            ("weights", r.weights)):
+            if value:
+                reads.setdefault(_identity(value), (row.line, what, str(value)))
+    writes: dict[tuple, tuple[int, str]] = {}  # (line, path)
+    for row in rows:
+        outputs = [Path(row.request.output)] + ([sidecar_path(row.request.output)] if sidecar_path(row.request.output) else [])
+        for out in outputs:
+            key = _identity(out)
+            if key in reads:
+                line, what, value = reads[key]
+                whose = "its own" if line == row.line else f"line {line}'s"
+                problems.append(f"line {row.line}: output {_shown(out)} is {whose} {what} input {_shown(value)}; "
+                                "writing it would destroy that input. Choose another output name")
+            if key in writes and writes[key][0] != row.line and row.line not in repeated:
+                problems.append(f"line {row.line}: output {_shown(out)} is also written by line {writes[key][0]}; "
+                                "each row needs its own output")
+            writes.setdefault(key, (row.line, str(out)))
     return problems
 
 

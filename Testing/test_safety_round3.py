@@ -145,3 +145,112 @@ def test_full_disk_keeps_the_previous_output(capsys, small_disk, phantom_files, 
     (small_disk / "filler").unlink()
     assert {p.name: file_digest(p) for p in small_disk.iterdir()} == before  # previous output and inputs intact
     assert sitk.ReadImage(output).GetSize() == sitk.ReadImage("mri.nrrd").GetSize()
+
+
+# ------------------------------------------------------------------ batch: collisions, dirty manifests, re-runs
+def batch(*extra):
+    return ["batch", "cohort.csv", "--output-dir", "fused/", "--weights", "w.pt", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.fixture
+def cohort(workdir):
+    """sub-01/ and sub-02/ with mri.nrrd and pet.nrrd each, beside the manifest; the current directory."""
+    for sub in ("sub-01", "sub-02"):
+        (workdir / sub).mkdir()
+        for name in ("mri.nrrd", "pet.nrrd"):
+            shutil.copy(name, workdir / sub / name)
+    return workdir
+
+
+def write_manifest(text: str, encoding="utf-8") -> dict:
+    Path("cohort.csv").write_bytes(text.encode(encoding))
+    return {p: file_digest(p) for p in Path(".").rglob("*.nrrd")}
+
+
+@pytest.mark.parametrize("rows, expect", [
+    # the output of line 3 is the PET of line 2 (relative to --output-dir): it would be replaced by a fused volume
+    ("sub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,a.nrrd\nsub-02,sub-02/mri.nrrd,sub-02/pet.nrrd,../sub-01/pet.nrrd\n",
+     "line 3: output sub-01/pet.nrrd is line 2's functional input sub-01/pet.nrrd"),
+    # one file spelt two ways
+    ("a,sub-01/mri.nrrd,sub-01/pet.nrrd,same.nrrd\nb,sub-02/mri.nrrd,sub-02/pet.nrrd,x/../same.nrrd\n",
+     "line 3: output fused/same.nrrd is also written by line 2"),
+    # two NIfTI outputs share one sidecar (a.json)
+    ("a,sub-01/mri.nrrd,sub-01/pet.nrrd,a.nii.gz\nb,sub-02/mri.nrrd,sub-02/pet.nrrd,a.nii\n",
+     "line 3: output fused/a.json is also written by line 2"),
+    # a row's output is its own input
+    ("a,sub-01/mri.nrrd,sub-01/pet.nrrd,../sub-01/mri.nrrd\n", "line 2: output sub-01/mri.nrrd is its own anatomical input"),
+])
+def test_batch_refuses_outputs_that_collide_before_any_work(capsys, cohort, rows, expect):
+    rows = rows.replace("/pet.nrrd,", "/pet.nrrd,PET-MRI,")
+    digests = write_manifest("id,anatomical,functional,task,output\n" + rows)
+    code, text = run(capsys, *batch())
+    assert code == 2 and expect in text and "nothing was run" in text and "Traceback" not in text, text
+    assert not Path("fused").exists()
+    assert {p: file_digest(p) for p in Path(".").rglob("*.nrrd")} == digests
+
+
+def test_batch_hard_link_to_an_input_is_refused(capsys, cohort):
+    Path("fused").mkdir()
+    os.link("sub-01/pet.nrrd", "fused/b.nrrd")
+    Path("cohort.csv").write_text("id,anatomical,functional,task,output\n"
+                                  "a,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI,a.nrrd\n"
+                                  "b,sub-02/mri.nrrd,sub-02/pet.nrrd,PET-MRI,b.nrrd\n")
+    code, text = run(capsys, *batch())
+    assert code == 2 and "line 3: output fused/b.nrrd is line 2's functional input sub-01/pet.nrrd" in text
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig", "utf-32"])
+def test_batch_manifest_in_unicode_encodings_is_read(cohort, encoding):
+    from ECFusionLib.manifest import read_manifest
+
+    text = "id,anatomical,functional,task\nsub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data  # as Windows tools write it: with its byte order mark
+    Path("cohort.csv").write_bytes(data)
+    rows = read_manifest("cohort.csv", "fused/")
+    assert [r.id for r in rows] == ["sub-01"] and rows[0].request.functional == str(cohort / "sub-01" / "pet.nrrd")
+
+
+def test_batch_manifest_in_another_encoding_or_a_folder(capsys, cohort):
+    Path("cohort.csv").write_bytes("id,anatomical,functional,task\nMüller,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n"
+                                   .encode("cp1252"))
+    code, text = run(capsys, *batch())
+    assert code == 2 and "is not UTF-8 text (byte 0xfc on line 2" in text and "CSV UTF-8" in text
+    assert "codec" not in text and "Traceback" not in text
+    Path("cohorts").mkdir()
+    Path("cohort.csv").rename("cohorts/cohort.csv")
+    code, text = run(capsys, "batch", "cohorts", "--output-dir", "fused/")
+    assert code == 2 and "manifest cohorts is a folder; give the CSV file itself; it holds cohort.csv" in text
+
+
+def test_failed_scheduler_connection_leaves_nothing(capsys, cohort):
+    Path("cohort.csv").write_text("id,anatomical,functional,task\nsub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n")
+    code, text = run(capsys, *batch("--scheduler", "nonsense://nowhere:1"))
+    assert code == 2 and "cannot connect to the Dask scheduler" in text and "Traceback" not in text
+    assert not Path("fused").exists()
+
+
+@pytest.mark.parametrize("damage", ["body", "tail"])
+def test_rerun_redoes_an_output_whose_body_is_damaged(cohort, damage):
+    from ECFusionLib.batch_worker import BatchJob, run_row
+    from ECFusionLib.manifest import read_manifest
+
+    Path("cohort.csv").write_text("id,anatomical,functional,task\nsub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n")
+    Path("fused").mkdir()
+    row = read_manifest("cohort.csv", "fused/", device="cpu", weights=str(cohort / "w.pt"))[0]
+    job = BatchJob(row.id, row.line, row.request)
+    assert run_row(job)["status"] == "ok" and run_row(job)["status"] == "skipped"
+    out = Path("fused/sub-01.nrrd")
+    good = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    data = bytearray(out.read_bytes())
+    if damage == "body":  # a few bytes flipped in the middle of the compressed voxels: the header is intact
+        for k in range(len(data) * 3 // 4, len(data) * 3 // 4 + 16):
+            data[k] ^= 0xFF
+    else:  # cut off
+        data = data[: len(data) * 3 // 4]
+    out.write_bytes(bytes(data))
+    record = run_row(job)
+    assert record["status"] == "ok" and "previous output was damaged" in record["message"], record
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), good)
+    assert run_row(job)["status"] == "skipped"
