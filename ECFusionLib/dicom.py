@@ -70,7 +70,7 @@ def dicom_text(value: str, charset: str = "") -> str:
     """A DICOM string as SimpleITK returns it, decoded by its Specific Character Set (0008,0005).
 
     GDCM hands over the file's bytes: SimpleITK decodes them as UTF-8 with "surrogateescape", so Latin-1
-    (ISO_IR 100, e.g. "Müller") arrives with lone surrogates that cannot be stored again, and ISO 2022 text keeps
+    (ISO_IR 100, e.g. "M\\xfcller" in Latin-1) arrives with lone surrogates that cannot be stored again, and ISO 2022 text keeps
     its escape sequences. The bytes are recovered and decoded as DICOM says (pydicom's rules, including ISO 2022
     code extensions); undecodable bytes become U+FFFD rather than an error.
     """
@@ -185,6 +185,9 @@ def what_dicom_is(path: str | Path) -> str | None:
 def _choose_series(path: Path, folder: Path, series: list[SeriesInfo], series_uid: str | None, what: str,
                    choose_with: str) -> tuple[SeriesInfo, str | None]:
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise ECFusionError(f"{what} {path} is empty (0 bytes): the copy or download did not finish, or this is "
+                                "not the file you meant; copy it again")
         try:
             head = _header(str(path))
         except RuntimeError as exc:

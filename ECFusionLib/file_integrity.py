@@ -50,14 +50,21 @@ def check_complete(path: str | Path, what: str = "image") -> None:
     try:
         if suffix == ".nii":
             _check_nifti(path, what)
-        elif suffix == ".nii.gz":
+        elif suffix == ".nii.gz" and _is_gzip(path):
             _check_nifti_gz(path, what)
+        elif suffix == ".nii.gz":  # an uncompressed NIfTI named .nii.gz: ITK reads it as such
+            _check_nifti(path, what)
         elif suffix in (".nrrd", ".nhdr"):
             _check_nrrd(path, what)
         elif suffix in (".mha", ".mhd"):
             _check_meta(path, what)
     except (ValueError, struct.error, IndexError, KeyError):
         return  # a header this check does not understand: the reader will say what is wrong
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
 
 
 def _cut(what: str, path: Path, detail: str) -> ECFusionError:

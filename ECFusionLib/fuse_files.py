@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from . import __version__
 from .dicom import SeriesInfo, find_series, is_dicom, read_series
 from .errors import ECFusionError
+from .file_kind import not_a_regular_file
 from .input_checks import check_numbers, input_warnings, refuse_same_input, refuse_same_series
 from .modality import image_modality, resolve_task
 from .safe_files import refuse_overwriting_inputs, sha256_files
@@ -120,7 +121,7 @@ def input_files(path: str | Path, series_uid: str | None, what: str) -> tuple[li
     if series_uid:
         raise ECFusionError(f"{_series_option(what)} chooses a DICOM series, but the {what} {path} is not DICOM")
     if not path.is_file():
-        raise ECFusionError(f"{what} file not found: {path}")
+        raise not_a_regular_file(path, what) or ECFusionError(f"{what} file not found: {path}")
     return _volume_files(path), None, None
 
 

@@ -20,6 +20,8 @@ def image_modality(image: sitk.Image) -> str | None:
     for key in MODALITY_KEYS:
         if image.HasMetaDataKey(key):
             code = image.GetMetaData(key).strip().upper()
+            if code.startswith("MET_MOD_"):  # MetaImage's own codes: MET_MOD_CT, ..., MET_MOD_UNKNOWN
+                code = {"MET_MOD_CT": "CT", "MET_MOD_MR": "MR", "MET_MOD_NM": "NM"}.get(code, "")
             return code or None
     return None
 

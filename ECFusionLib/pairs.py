@@ -42,8 +42,8 @@ def find_pairs(root: str | Path, tasks=None) -> list[Pair]:
         sec_dir, mri_dir = root / task / TASKS[task], root / task / "MRI"
         if not sec_dir.is_dir() or not mri_dir.is_dir():
             raise ECFusionError(f"{root / task} must contain the folders {TASKS[task]}/ and MRI/")
-        seconds = {p.name: p for p in sorted(sec_dir.glob("*.png"))}
-        mris = {p.name for p in mri_dir.glob("*.png")}
+        seconds = {p.name: p for p in _pngs(sec_dir)}
+        mris = {p.name for p in _pngs(mri_dir)}
         for name, p in seconds.items():
             if name in mris:
                 pairs.append(Pair(task, p.stem, p, mri_dir / name))
@@ -55,6 +55,17 @@ def find_pairs(root: str | Path, tasks=None) -> list[Pair]:
     if not pairs:
         raise ECFusionError(f"no PNG pairs with matching names found under {root}")
     return pairs
+
+
+def _pngs(folder: Path) -> list[Path]:
+    """The .png files in ``folder``; anything else named .png (a folder "dir.png") is skipped with a warning."""
+    found = sorted(folder.glob("*.png"))
+    odd = [p.name for p in found if not p.is_file()]
+    if odd:
+        one = len(odd) == 1
+        log.warning("%s: %s %s (a folder named .png?) and %s skipped", folder, ", ".join(odd[:5]),
+                    "is not an image file" if one else "are not image files", "is" if one else "are")
+    return [p for p in found if p.is_file()]
 
 
 def image_size(path: Path) -> tuple[int, ...]:

@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from .dicom import is_dicom, read_dicom
 from .errors import ECFusionError
 from .file_integrity import check_complete
+from .file_kind import check_kind, not_a_regular_file
+from .header_geometry import check_header_geometry, check_image_geometry
 from .nifti_rgb import write_rgb24_nifti
 from .safe_files import atomic_write_group, disk_full_hint, write_text_verified
 
@@ -46,12 +48,17 @@ def read_image(path: str | Path, *, allow_rgb: bool = False, what: str = "image"
     if not path.exists():
         broken = " (a symbolic link whose target is missing)" if path.is_symlink() else ""
         raise ECFusionError(f"{what} file not found: {path}{broken}")
+    special = not_a_regular_file(path, what)
+    if special:
+        raise special
     try:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as exc:
         raise ECFusionError(f"cannot open {what} {path}: {exc.strerror or exc}; check its permissions") from exc
+    check_kind(path, what)
     check_complete(path, what)
+    check_header_geometry(path, what)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -97,6 +104,7 @@ def check_image(img: sitk.Image, what: str, *, allow_rgb: bool = False) -> None:
     if ncomp != 1 and not (allow_rgb and ncomp == 3):
         allowed = "a scalar image or an RGB (3-component) image" if allow_rgb else "a scalar (single-component) image"
         raise ECFusionError(f"{what} has {ncomp} components per voxel; expected {allowed}.")
+    check_image_geometry(img, what)
     arr = sitk.GetArrayViewFromImage(img)
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

@@ -81,6 +81,29 @@ def load_state_dict(path: str | Path, expected_sha256: str | None = None) -> dic
     return read_weights(path, expected_sha256)[0]
 
 
+SUPPORTED = "ECFusion's own PyTorch weights files (.pt, written by 'ecfusion train' or save_weights)"
+
+
+def check_weights_file(path: Path) -> None:
+    """WeightsError for what cannot be a weights file: missing, a folder, empty, or a format ECFusion does not
+    read (safetensors, ONNX, an image, an HTML page): says what it is and which format is needed."""
+    from .file_kind import describe, sniff
+
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        hint = f"; it holds {', '.join(found[:5])}" if found else ""
+        raise WeightsError(f"--weights {path} is a folder; give the weights file itself{hint}")
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}" + (" (it exists but is not a regular file: a pipe or a "
+                                                                  "device)" if path.exists() else ""))
+    kind = "onnx" if path.suffix.lower() == ".onnx" else sniff(path)
+    if kind == "empty":
+        raise WeightsError(f"weights file {path} is empty (0 bytes): the copy or download did not finish; copy it again")
+    if kind not in (None, "zip", "pickle"):
+        shown = "an ONNX model" if kind == "onnx" else describe(kind)
+        raise WeightsError(f"weights file {path} is {shown}, a format ECFusion does not read: it reads {SUPPORTED}")
+
+
 def read_weights(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     """Read and check a weights file.
 
@@ -93,8 +116,7 @@ def read_weights(path: str | Path, expected_sha256: str | None = None) -> tuple[
         WeightsError: missing, corrupt, unknown architecture, or tensors that do not fit it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    check_weights_file(path)
     if expected_sha256 is not None:
         actual = sha256(path)
         if actual != expected_sha256:

@@ -254,3 +254,130 @@ def test_rerun_redoes_an_output_whose_body_is_damaged(cohort, damage):
     assert record["status"] == "ok" and "previous output was damaged" in record["message"], record
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), good)
     assert run_row(job)["status"] == "skipped"
+
+
+# ------------------------------------------------------------------ headers that cannot be right
+def nifti_with(path: str, offset: int, value: float) -> None:
+    """mri.nrrd as NIfTI-1 at ``path`` with the float32 header field at ``offset`` set to ``value``."""
+    import struct
+
+    sitk.WriteImage(sitk.ReadImage("mri.nrrd"), "plain.nii")
+    data = bytearray(Path("plain.nii").read_bytes())
+    data[offset:offset + 4] = struct.pack("<f", value)
+    Path("plain.nii").unlink()
+    Path(path).write_bytes(gzip.compress(bytes(data)) if path.endswith(".gz") else bytes(data))
+
+
+@pytest.mark.parametrize("offset, value, field", [
+    (80, -4.5, "pixdim[1] (the voxel size along x) is -4.5"), (84, 0.0, "pixdim[2] (the voxel size along y) is 0"),
+    (88, float("nan"), "pixdim[3] (the voxel size along z) is nan"), (268, float("nan"), "qoffset_x (qform) is nan"),
+    (292, float("inf"), "srow_x[3] (sform) is inf"), (256, float("nan"), "quatern_b (qform) is nan"),
+    (300, float("-inf"), "srow_y[1] (sform) is -inf"),
+])
+@pytest.mark.parametrize("name", ["mri.nii", "mri.nii.gz"])
+def test_nifti_geometry_that_cannot_be_right_is_refused(capsys, workdir, offset, value, field, name):
+    nifti_with(name, offset, value)
+    digest = file_digest(name)
+    code, text = run(capsys, *fuse(anatomical=name))
+    assert code == 2 and f"anatomical image {name}: its NIfTI header cannot be right: {field}" in text, text
+    assert "Traceback" not in text and "WARNING" not in text and "misaligned" not in text
+    assert file_digest(name) == digest and not Path("fused.nrrd").exists()
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("bad.mha", "Offset = ", "nan 0 0"), ("bad.mha", "ElementSpacing = ", "18 inf 18"),
+    ("bad.mha", "TransformMatrix = ", "1 0 0 0 nan 0 0 0 1"),
+    ("bad.nrrd", "space origin: ", "(nan,0,0)"), ("bad.nrrd", "space directions: ", "(18,0,0) (0,inf,0) (0,0,18)"),
+])
+def test_text_headers_with_nan_or_inf_geometry_are_refused(capsys, workdir, name, field, value):
+    """MetaImage reads "Offset = nan 0 0" as the origin 0 0 0 without a word (then "misaligned"); NRRD's reader
+    says "val[0] not like val[1]". Both name the field instead."""
+    sitk.WriteImage(sitk.ReadImage("pet.nrrd"), "pet" + name[3:], useCompression=False)
+    data = Path("pet" + name[3:]).read_bytes()
+    end = b"ElementDataFile = LOCAL\n" if name.endswith(".mha") else b"\n\n"
+    head, sep, body = data.partition(end)
+    key = field.split("=")[0].split(":")[0].strip().encode()
+    lines = [(field + value).encode() if ln.startswith(key) else ln for ln in head.split(b"\n")]
+    assert (field + value).encode() in lines
+    Path(name).write_bytes(b"\n".join(lines) + sep + body)
+    code, text = run(capsys, *fuse(functional=name))
+    assert code == 2 and f"functional image {name}: its header cannot be right: '{field + value}'" in text, text
+    assert "misaligned" not in text and "Traceback" not in text
+
+
+def test_metaimage_input_is_not_labelled_met_mod_unknown(capsys, workdir):
+    sitk.WriteImage(sitk.ReadImage("pet.nrrd"), "pet.mha")
+    code, text = run(capsys, *fuse(functional="pet.mha"))
+    assert code == 0 and "MET_MOD" not in text, text
+
+
+# ------------------------------------------------------------------ messages that say what the file is
+@pytest.mark.parametrize("name", ["pet.nrrd", "pet.nii.gz", "pet.nii", "pet.mha", "pet.dcm"])
+def test_empty_file_says_empty(capsys, workdir, name):
+    Path(name).unlink(missing_ok=True)
+    Path(name).touch()
+    code, text = run(capsys, *fuse(functional=name))
+    assert code == 2 and f"{name} is empty (0 bytes)" in text and "Traceback" not in text
+    assert "damaged" not in text and "cut off" not in text
+
+
+def test_png_renamed_nifti_says_what_it_is(capsys, workdir):
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage("pet.nrrd")[:, :, 5] * 10, sitk.sitkUInt8), "slice.png")
+    shutil.copy("slice.png", "pet.nii.gz")
+    code, text = run(capsys, *fuse(functional="pet.nii.gz"))
+    assert code == 2 and "pet.nii.gz is a PNG image, not the .nii.gz its name says" in text and "rename it to pet.png" in text
+    assert "cut off" not in text
+
+
+def test_folder_named_png_in_a_2d_task_folder_is_skipped(capsys, workdir):
+    png_pairs(Path("pairs"))
+    Path("pairs/CT-MRI/CT/dir.png").mkdir()
+    code, text = run(capsys, "fuse", "--input-dir", "pairs/", "--output", "fused_pngs/", "--weights", "w.pt", "--quiet")
+    assert code == 0, text
+    assert "pairs/CT-MRI/CT: dir.png is not an image file (a folder named .png?) and is skipped" in text
+    assert len(list(Path("fused_pngs").rglob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("folder", "--weights models is a folder; give the weights file itself; it holds w.pt"),
+    ("safetensors", "is a safetensors file, a format ECFusion does not read: it reads ECFusion's own PyTorch weights"),
+    ("onnx", "is an ONNX model, a format ECFusion does not read"),
+    ("empty", "is empty (0 bytes)"),
+])
+def test_weights_that_are_not_a_weights_file(capsys, workdir, case, expect):
+    if case == "folder":
+        Path("models").mkdir()
+        shutil.copy("w.pt", "models/w.pt")
+        weights = "models"
+    elif case == "safetensors":
+        import json
+        import struct
+
+        header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        Path("model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+        weights = "model.safetensors"
+    elif case == "onnx":
+        Path("model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+        weights = "model.onnx"
+    else:
+        Path("w0.pt").touch()
+        weights = "w0.pt"
+    argv = fuse()
+    argv[argv.index("--weights") + 1] = weights
+    code, text = run(capsys, *argv)
+    assert code == 3 and expect in text and "Traceback" not in text and "not found" not in text, text
+
+
+def test_process_substitution_says_it_must_be_a_regular_file(workdir):
+    """``--anatomical <(cat mri.nrrd)`` in bash: the path is a pipe (/dev/fd/N)."""
+    import sys
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    command = (f"{shlex.quote(sys.executable)} -m ECFusionLib.cli fuse --anatomical <(cat mri.nrrd) --functional pet.nrrd "
+               "--task PET-MRI --output fused.nrrd --weights w.pt --device cpu --quiet")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert "is a pipe (e.g. from process substitution <(...)), not a regular file" in res.stderr
+    assert "Save it to a file first" in res.stderr and "Traceback" not in res.stderr
