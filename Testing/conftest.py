@@ -30,7 +30,7 @@ def seeded_model() -> ECFusionNet:
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory, seeded_model) -> str:
-    path = tmp_path_factory.mktemp("weights") / "seeded.pt"
+    path = tmp_path_factory.mktemp("weights") / "seeded.npz"
     save_weights(seeded_model, path, {"note": "seeded random weights for tests"})
     return str(path)
 

@@ -38,19 +38,19 @@ def study_files(tmp_path_factory, phantom):
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, study_files, weights_file):
-    """The working folder: study/ (both series), mri/ and pet/ (each alone), w.pt; the current directory."""
+    """The working folder: study/ (both series), mri/ and pet/ (each alone), w.npz; the current directory."""
     shutil.copytree(study_files, tmp_path / "study")
     for name, prefix in (("mri", "MR"), ("pet", "PT")):
         (tmp_path / name).mkdir()
         for f in study_files.glob(f"{prefix}*.dcm"):
             shutil.copy(f, tmp_path / name / f.name)
-    shutil.copy(weights_file, tmp_path / "w.pt")
+    shutil.copy(weights_file, tmp_path / "w.npz")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def fuse(*extra, anatomical="mri/", functional="pet/", output="fused.nrrd"):
-    return ["fuse", "--anatomical", anatomical, "--functional", functional, "--output", output, "--weights", "w.pt",
+    return ["fuse", "--anatomical", anatomical, "--functional", functional, "--output", output, "--weights", "w.npz",
             "--device", "cpu", "--quiet", *extra]
 
 

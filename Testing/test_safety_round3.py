@@ -39,16 +39,16 @@ def readme_command(start: str) -> list[str]:
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, phantom_files, weights_file):
-    """A user's working folder holding mri.nrrd, pet.nrrd, ct.nrrd and w.pt; the current directory."""
+    """A user's working folder holding mri.nrrd, pet.nrrd, ct.nrrd and w.npz; the current directory."""
     for name in ("MRI", "PET", "CT"):
         shutil.copy(phantom_files[name], tmp_path / f"{name.lower()}.nrrd")
-    shutil.copy(weights_file, tmp_path / "w.pt")
+    shutil.copy(weights_file, tmp_path / "w.npz")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def fuse(*extra, anatomical="mri.nrrd", functional="pet.nrrd", output="fused.nrrd", task="PET-MRI"):
-    args = ["fuse", "--anatomical", anatomical, "--functional", functional, "--output", output, "--weights", "w.pt",
+    args = ["fuse", "--anatomical", anatomical, "--functional", functional, "--output", output, "--weights", "w.npz",
             "--device", "cpu", "--quiet", *extra]
     return args + (["--task", task] if task else [])
 
@@ -149,7 +149,7 @@ def test_full_disk_keeps_the_previous_output(capsys, small_disk, phantom_files, 
 
 # ------------------------------------------------------------------ batch: collisions, dirty manifests, re-runs
 def batch(*extra):
-    return ["batch", "cohort.csv", "--output-dir", "fused/", "--weights", "w.pt", "--device", "cpu", "--quiet", *extra]
+    return ["batch", "cohort.csv", "--output-dir", "fused/", "--weights", "w.npz", "--device", "cpu", "--quiet", *extra]
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_rerun_redoes_an_output_whose_body_is_damaged(cohort, damage):
 
     Path("cohort.csv").write_text("id,anatomical,functional,task\nsub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n")
     Path("fused").mkdir()
-    row = read_manifest("cohort.csv", "fused/", device="cpu", weights=str(cohort / "w.pt"))[0]
+    row = read_manifest("cohort.csv", "fused/", device="cpu", weights=str(cohort / "w.npz"))[0]
     job = BatchJob(row.id, row.line, row.request)
     assert run_row(job)["status"] == "ok" and run_row(job)["status"] == "skipped"
     out = Path("fused/sub-01.nrrd")
@@ -332,14 +332,14 @@ def test_png_renamed_nifti_says_what_it_is(capsys, workdir):
 def test_folder_named_png_in_a_2d_task_folder_is_skipped(capsys, workdir):
     png_pairs(Path("pairs"))
     Path("pairs/CT-MRI/CT/dir.png").mkdir()
-    code, text = run(capsys, "fuse", "--input-dir", "pairs/", "--output", "fused_pngs/", "--weights", "w.pt", "--quiet")
+    code, text = run(capsys, "fuse", "--input-dir", "pairs/", "--output", "fused_pngs/", "--weights", "w.npz", "--quiet")
     assert code == 0, text
     assert "pairs/CT-MRI/CT: dir.png is not an image file (a folder named .png?) and is skipped" in text
     assert len(list(Path("fused_pngs").rglob("*.png"))) == 4
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("folder", "--weights models is a folder; give the weights file itself; it holds w.pt"),
+    ("folder", "--weights models is a folder; give the weights file itself; it holds w.npz"),
     ("safetensors", "is a safetensors file, a format ECFusion does not read: it reads ECFusion's own PyTorch weights"),
     ("onnx", "is an ONNX model, a format ECFusion does not read"),
     ("empty", "is empty (0 bytes)"),
@@ -347,7 +347,7 @@ def test_folder_named_png_in_a_2d_task_folder_is_skipped(capsys, workdir):
 def test_weights_that_are_not_a_weights_file(capsys, workdir, case, expect):
     if case == "folder":
         Path("models").mkdir()
-        shutil.copy("w.pt", "models/w.pt")
+        shutil.copy("w.npz", "models/w.npz")
         weights = "models"
     elif case == "safetensors":
         import json
@@ -375,7 +375,7 @@ def test_process_substitution_says_it_must_be_a_regular_file(workdir):
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     command = (f"{shlex.quote(sys.executable)} -m ECFusionLib.cli fuse --anatomical <(cat mri.nrrd) --functional pet.nrrd "
-               "--task PET-MRI --output fused.nrrd --weights w.pt --device cpu --quiet")
+               "--task PET-MRI --output fused.nrrd --weights w.npz --device cpu --quiet")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 2, res.stderr
