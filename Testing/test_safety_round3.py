@@ -340,7 +340,7 @@ def test_folder_named_png_in_a_2d_task_folder_is_skipped(capsys, workdir):
 
 @pytest.mark.parametrize("case, expect", [
     ("folder", "--weights models is a folder; give the weights file itself; it holds w.npz"),
-    ("safetensors", "is a safetensors file, a format ECFusion does not read: it reads ECFusion's own PyTorch weights"),
+    ("safetensors", "is a safetensors file, a format ECFusion does not read: it reads ECFusion weights files: .npz"),
     ("onnx", "is an ONNX model, a format ECFusion does not read"),
     ("empty", "is empty (0 bytes)"),
 ])
