@@ -376,7 +376,10 @@ def test_process_substitution_says_it_must_be_a_regular_file(workdir):
         pytest.skip("no bash")
     command = (f"{shlex.quote(sys.executable)} -m ECFusionLib.cli fuse --anatomical <(cat mri.nrrd) --functional pet.nrrd "
                "--task PET-MRI --output fused.nrrd --weights w.npz --device cpu --quiet")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    import ECFusionLib
+
+    here = str(Path(ECFusionLib.__file__).resolve().parents[1])  # the ECFusionLib under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 2, res.stderr
     assert "is a pipe (e.g. from process substitution <(...)), not a regular file" in res.stderr
