@@ -14,7 +14,7 @@ from .batch import add_batch_parser, cmd_batch
 from .colour import COLORMAPS
 from .errors import ECFusionError
 from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
-from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
+from .tasks import AXES, BACKENDS, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
 
 TASK_HELP = ", ".join(TASK_NAMES)
 
@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--level", type=FINITE, help="PET/SPECT display level")
     f.add_argument("--ct-window", type=POSITIVE, help=f"CT window in HU, > 0 (default {DEFAULT_CT_WINDOW:g})")
     f.add_argument("--ct-level", type=FINITE, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
-    f.add_argument("--weights", help="weights file (default: the bundled weights of the task)")
+    f.add_argument("--weights", help="weights file, .npz (or .pt with torch >= 2.6) (default: the task's bundled model)")
+    f.add_argument("--model", help="a bundled model by name, e.g. ecfusion-v1.pet-mri (see 'ecfusion models'; "
+                                   "default: the task's default model); sets the task when --task is not given")
+    f.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="inference backend (default auto: torch when installed, else onnxruntime)")
     f.add_argument("--register", default="none", choices=REGISTRATION_MODES,
                    help="register the functional volume onto the MRI first (mutual information; default none)")
     f.add_argument("--transform", help="an ITK transform file (MRI space -> functional space, e.g. from "
@@ -164,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on every case without validation (final weights: the last epoch is written)")
     t.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="at most this many batches per epoch (smoke runs)")
     t.add_argument("--val-every", type=POSITIVE_INT, default=1, help="validate every N epochs (and after the last)")
-    t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
+    t.add_argument("--init-weights", help="start from these weights: a file, a bundled model's name, or 'bundled' "
+                                          "(the default model of --task)")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
@@ -172,27 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=POSITIVE_INT)
     t.add_argument("--max-minutes", type=POSITIVE, help="stop (resumably) after this much training time")
 
-    sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
+    sub.add_parser("models", help="list the bundled models (task, architecture, backends) and the architectures")
     return p
 
 
 def cmd_models(args) -> int:
-    """Registered architectures (name, parameters, description), then the bundled weights per task."""
+    """The bundled models (task, default or not, architecture, backends it runs on here, file, SHA-256), then
+    the registered architectures (name, parameters, description; listed where torch is installed)."""
+    from .backends import installed, model_backends
+    from .weights import catalogue, models
+
+    print("bundled models:")
+    defaults = {entry["name"] for entry in catalogue().values()}
+    if not models():
+        print("  (none)")
+    for name, entry in sorted(models().items()):
+        runs = model_backends(entry.get("architecture", "?"))
+        backends = ", ".join(b if ok == "yes" else f"{b} ({ok})" for b, ok in runs.items())
+        source = entry.get("source") or entry.get("description", "")
+        print(f"  {name:24s} {entry.get('task', '?'):10s} {'default' if name in defaults else '':8s}"
+              f"{entry.get('architecture', '?'):16s} backends: {backends}\n"
+              f"  {'':24s} {entry['file']} sha256 {entry['sha256']}\n  {'':24s} source: {source}")
+    print("architectures:")
+    if not installed("torch"):
+        print("  (listed where PyTorch is installed; fusing needs only ONNX Runtime)")
+        return 0
     from .network import count_parameters
     from .registry import create_model, model_entries
-    from .weights import catalogue
 
-    print("architectures:")
     for name, entry in sorted(model_entries().items()):
         print(f"  {name:16s} {count_parameters(create_model(name)):>9,d} parameters  {entry.description}")
-    print("bundled weights:")
-    entries = catalogue()
-    if not entries:
-        print("  (none)")
-    for task, entry in sorted(entries.items()):
-        source = entry.get("source") or entry.get("description", "")
-        print(f"  {task:10s} {entry['file']:24s} {entry.get('architecture', '?'):16s} sha256 {entry['sha256']}\n"
-              f"  {'':10s} source: {source}")
     return 0
 
 
@@ -200,9 +214,11 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, train
     from .weights import bundled_weights
 
+    from .weights import models
+
     init = args.init_weights
-    if init == "bundled":
-        init = str(bundled_weights(args.task)[0])
+    if init == "bundled" or init in models():
+        init = str(bundled_weights(args.task, None if init == "bundled" else init)[0])
     cfg = TrainConfig(data=args.data, task=args.task, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
                       intensity_weight=args.intensity_weight, ssim_weight=args.ssim_weight,
@@ -306,7 +322,8 @@ def _settings(args, task: str):
     return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis, precision=args.precision,
                           keep_salient=args.keep_salient,
                           colormap=args.colormap, window=args.window, level=args.level,
-                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
+                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights, model=args.model,
+                          backend=args.backend)
 
 
 def fuse_png_folder(args) -> int:
@@ -324,7 +341,7 @@ def fuse_png_folder(args) -> int:
     from .pairs import check_pair_sizes, find_pairs
     from .safe_files import refuse_overwriting_inputs
     from .volume_io import read_image, sidecar_path, write_image_atomic
-    from .weights import load_model
+    from .backends import load_network
 
     out_root = Path(args.output)
     if out_root.exists() and not out_root.is_dir():
@@ -337,7 +354,8 @@ def fuse_png_folder(args) -> int:
     for pair, target in targets.items():
         for path in (target, sidecar_path(target)):
             refuse_overwriting_inputs(path, [pair.second, pair.mri, args.weights])
-    models = {task: load_model(task, args.weights) for task in dict.fromkeys(p.task for p in pairs)}
+    models = {task: load_network(task, args.weights, args.model, args.backend, args.device)
+              for task in dict.fromkeys(p.task for p in pairs)}
     made_dirs, written = [], []
     try:
         for folder in [out_root, *(out_root / t for t in models)]:

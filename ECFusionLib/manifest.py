@@ -28,7 +28,7 @@ from .tasks import check_task
 from .volume_io import OUTPUT_SUFFIXES, full_suffix, sidecar_path
 
 REQUIRED = ("anatomical", "functional", "task")
-BATCH_LEVEL = ("device",)  # set once for the whole batch (--device)
+BATCH_LEVEL = ("device", "backend")  # set once for the whole batch (--device, --backend)
 NOT_COLUMNS = ("help", "input_dir", "quiet", "output", *BATCH_LEVEL)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VOLUME_OUTPUTS = tuple(s for s in OUTPUT_SUFFIXES if s != ".png")
@@ -68,7 +68,7 @@ def _columns(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "auto",
-                  weights: str | None = None) -> list[BatchRow]:
+                  weights: str | None = None, model: str | None = None, backend: str = "auto") -> list[BatchRow]:
     """Every row as a ``FuseRequest`` (absolute paths), or one ECFusionError listing every problem with its line.
 
     Checked here: the header (required and unknown columns), each value (by the ``fuse`` parser: numbers,
@@ -112,7 +112,8 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
                     continue
                 try:
                     rows.append(_row(dict(zip(names, (v.strip() for v in values))), line, parser, columns, base,
-                                     out_dir, device, weights))
+                                     out_dir, {"device": device, "backend": backend, "weights": weights,
+                                               "model": model}))
                 except (_RowError, ECFusionError) as exc:
                     problems.append(f"line {line}: {exc}")
     except csv.Error as exc:
@@ -125,7 +126,9 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
     return rows
 
 
-def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, device: str, weights) -> BatchRow:
+def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, batch: dict) -> BatchRow:
+    """One row's ``FuseRequest``; ``batch``: the batch-level device and backend, and the weights file or model
+    used where the row names neither."""
     for name in ("anatomical", "functional"):
         if not values[name]:
             raise _RowError(f"the {name} input is empty")
@@ -144,9 +147,9 @@ def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, de
                 value = str((base / value).resolve())
             argv.append(f"{columns[name]}={value}")
     args = parser.parse_args(argv)
-    args.device = device
-    if not values.get("weights"):
-        args.weights = weights
+    args.device, args.backend = batch["device"], batch["backend"]
+    if not values.get("weights") and not values.get("model"):
+        args.weights, args.model = batch["weights"], batch["model"]
     return BatchRow(line, row_id, FuseRequest.from_args(args))
 
 

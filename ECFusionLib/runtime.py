@@ -13,8 +13,8 @@ import sys
 
 log = logging.getLogger(__name__)
 
-# Oldest PyTorch accepted: torch < 2.6 has published torch.load(weights_only=True) bypasses (weights.py, the Slicer
-# module and pyproject.toml's requirement).
+# Oldest PyTorch that may read legacy .pt weights files: torch < 2.6 has published torch.load(weights_only=True)
+# bypasses (weights.py, the Slicer module). The .npz weights need no torch.load (any torch >= 2.2, or none).
 TORCH_MINIMUM = (2, 6)
 MIB = 1024 * 1024
 TRIM = 512 * MIB  # freed heap memory the process may keep
