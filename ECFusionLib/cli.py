@@ -14,6 +14,7 @@ from .batch import add_batch_parser, cmd_batch
 from .colour import COLORMAPS
 from .errors import ECFusionError
 from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
+from .registry import DEFAULT_ARCHITECTURE
 from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
 
 TASK_HELP = ", ".join(TASK_NAMES)
@@ -165,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="at most this many batches per epoch (smoke runs)")
     t.add_argument("--val-every", type=POSITIVE_INT, default=1, help="validate every N epochs (and after the last)")
     t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
+    t.add_argument("--architecture", default=DEFAULT_ARCHITECTURE,
+                   help=f"the network to train (a name from 'ecfusion models'; default {DEFAULT_ARCHITECTURE}); with "
+                        "--init-weights, "
+                        "the architecture those weights hold")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
@@ -203,17 +208,7 @@ def cmd_train(args) -> int:
     init = args.init_weights
     if init == "bundled":
         init = str(bundled_weights(args.task)[0])
-    cfg = TrainConfig(data=args.data, task=args.task, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
-                      intensity_weight=args.intensity_weight, ssim_weight=args.ssim_weight,
-                      ssim_reference=args.ssim_reference, salient_weight=args.salient_weight,
-                      salient_threshold=args.salient_threshold, salient_dark=args.salient_dark, ema=args.ema,
-                      folds=args.folds, holdout_fold=args.holdout_fold, all_cases=args.all_cases,
-                      steps_per_epoch=args.steps_per_epoch, val_every=args.val_every,
-                      perceptual_weight=args.perceptual_weight,
-                      vgg_weights=args.vgg_weights, upsample=args.upsample, val_cases=args.val_cases,
-                      init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
-                      max_minutes=args.max_minutes)
+    cfg = TrainConfig.from_args(args, init_weights=init)
     best = train(cfg)
     if best is None:
         print(f"no epoch finished within the time budget; no weights were written (run folder: {args.out})")
