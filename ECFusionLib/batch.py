@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import ECFusionError
 from .runtime import usable_cores
+from .tasks import BACKENDS
 
 BATCH_FAILED = 4  # exit code: some rows failed (the others are done; see DIR/report.csv)
 EPILOG = """examples:
@@ -39,6 +40,9 @@ def add_batch_parser(sub) -> None:
                                                           "instead of starting local workers")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     b.add_argument("--weights", help="weights file for every row (default: the bundled weights of each row's task)")
+    b.add_argument("--model", help="bundled model for every row that names no weights or model (see 'ecfusion models')")
+    b.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="inference backend of every worker (default auto: torch when installed, else onnxruntime)")
     b.add_argument("--force", action="store_true", help="redo rows whose output is up to date")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -96,7 +100,17 @@ def cmd_batch(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ECFusionError(f"--output-dir {out_dir} is a file; give a folder")
     weights = str(Path(args.weights).resolve()) if args.weights else None
-    rows = read_manifest(args.manifest, out_dir, device=args.device, weights=weights)  # errors before anything runs
+    if args.model and args.weights:
+        raise ECFusionError("give either --weights or --model, not both")
+    if args.model:
+        from .weights import model_entry
+
+        model_entry(args.model)  # an unknown name: say so once, before anything runs
+    from .backends import resolve_backend
+
+    resolve_backend(args.backend)  # not installed: say so once
+    rows = read_manifest(args.manifest, out_dir, device=args.device, weights=weights, model=args.model,
+                         backend=args.backend)  # errors before anything runs
     if args.device == "cuda" and not args.scheduler:
         from .engine import resolve_device
 

@@ -23,31 +23,32 @@ class BatchJob:
     force: bool = False
 
 
-_MODELS: dict = {}  # (task, weights) -> (model, info), per worker process
+_MODELS: dict = {}  # (task, weights, model, backend, device) -> (network, info), per worker process
 LOADS = 0  # how many times this process loaded a network (tests check it stays at one per task)
 _MODELS_LOCK = threading.Lock()
 _WEIGHTS_SHA: dict = {}  # (path, size, mtime) -> SHA-256
 
 
-def cached_model(task: str, weights: str | None):
-    """``weights.load_model`` once per worker process and (task, weights)."""
-    from .weights import load_model
+def cached_model(task: str, weights: str | None, model: str | None = None, backend: str = "auto",
+                 device: str = "auto"):
+    """``backends.load_network`` once per worker process and (task, weights, model, backend, device)."""
+    from .backends import load_network
 
     global LOADS
-    key = (task, weights)
+    key = (task, weights, model, backend, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(task, weights)
+            _MODELS[key] = load_network(task, weights, model, backend, device)
             LOADS += 1
         return _MODELS[key]
 
 
-def weights_sha256(task: str, weights: str | None) -> str:
+def weights_sha256(task: str, weights: str | None, model: str | None = None) -> str:
     """The SHA-256 of the weights a row uses (the catalogue's for the bundled ones; cached per file)."""
     from .weights import bundled_weights, sha256
 
     if weights is None:
-        return bundled_weights(task)[1]
+        return bundled_weights(task, model)[1]
     st = os.stat(weights)
     key = (weights, st.st_size, st.st_mtime_ns)
     if key not in _WEIGHTS_SHA:
@@ -67,7 +68,8 @@ def _up_to_date(job: BatchJob) -> dict | None:
     if any(recorded["job"].get(k) != now[k] for k in keys):
         return None
     try:
-        if recorded.get("weights_sha256") != weights_sha256(recorded.get("task", ""), job.request.weights):
+        if recorded.get("weights_sha256") != weights_sha256(recorded.get("task", ""), job.request.weights,
+                                                            job.request.model):
             return None
     except (OSError, ECFusionError):
         return None
@@ -127,7 +129,7 @@ def _hashes(job_record: dict) -> dict:
 
 
 class WorkerSetup(WorkerPlugin):
-    """A Dask worker plugin: torch threads and this worker's GPU, set once when each worker starts.
+    """A Dask worker plugin: torch / ONNX Runtime threads and this worker's GPU, set once when each worker starts.
 
     threads None: the worker's cores (CPU affinity) divided by its Dask threads (concurrent rows).
     GPU: worker number modulo the GPUs it sees (LocalCluster names workers 0, 1, ...).
@@ -141,14 +143,21 @@ class WorkerSetup(WorkerPlugin):
     def setup(self, worker) -> None:
         import logging
 
-        import torch
+        from . import onnx_backend
+        from .backends import installed
 
         lib = logging.getLogger("ECFusionLib")  # warnings reach the report (fuse_files collects them), not stderr
         lib.addHandler(logging.NullHandler())
         lib.propagate = False
 
         nthreads = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
-        torch.set_num_threads(self.threads or max(1, usable_cores() // nthreads))
+        threads = self.threads or max(1, usable_cores() // nthreads)
+        onnx_backend.DEFAULT_THREADS = threads
+        if not installed("torch"):
+            return
+        import torch
+
+        torch.set_num_threads(threads)
         if self.device != "cpu" and torch.cuda.is_available():
             name = worker.name
             index = name if isinstance(name, int) else sum(map(ord, str(name)))

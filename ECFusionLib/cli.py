@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
 from .batch import add_batch_parser, cmd_batch
-from .colour import COLORMAPS
 from .errors import ECFusionError
-from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
-from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
-
-TASK_HELP = ", ".join(TASK_NAMES)
+from .options import COUNT, NONNEGATIVE, POSITIVE, POSITIVE_INT, TASK_HELP, add_fuse_options
+from .registry import DEFAULT_ARCHITECTURE
+from .tasks import DEVICES, REGISTRATION_INITS, REGISTRATION_MODES
 
 EPILOG_FUSE = """examples:
   ecfusion fuse --anatomical MRI.nii.gz --functional PET.nii.gz --task PET-MRI --output fused.nrrd
@@ -36,67 +33,13 @@ Re-running the same command resumes from OUT/last.pt.
 """
 
 
-def _number(kind, low=None, strict=False):
-    """An argparse type: ``kind`` (int/float), finite, and >= ``low`` (> ``low`` when ``strict``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole ' if kind is int else ''}number") from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-        if low is not None and (value < low or (strict and value == low)):
-            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
-        return value
-    parse.__name__ = f"{'positive ' if strict else ''}{kind.__name__}"
-    return parse
-
-
-POSITIVE_INT = _number(int, 1)
-COUNT = _number(int, 0)
-FINITE = _number(float)
-POSITIVE = _number(float, 0, strict=True)
-NONNEGATIVE = _number(float, 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecfusion", description="ECFusion: fuse MRI with CT, PET or SPECT (slice by slice).")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fuse", help="fuse two volumes, or a folder of 2D PNG pairs", epilog=EPILOG_FUSE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    f.add_argument("--anatomical", help="MRI volume (NRRD, NIfTI, MHA, or DICOM: a folder or one file of the "
-                                        "series); the output is on its grid")
-    f.add_argument("--functional", help="CT, PET or SPECT volume (scalar, or RGB pseudocolour; or DICOM)")
-    f.add_argument("--task", help=f"{TASK_HELP} (default for DICOM: from the functional series' Modality; 2D mode: "
-                                  "taken from the folder names)")
-    f.add_argument("--anatomical-series", metavar="UID", help="the DICOM series to read when the folder holds several")
-    f.add_argument("--functional-series", metavar="UID", help="the DICOM series to read when the folder holds several")
-    f.add_argument("--pet-units", default="native", choices=["native", "suv"],
-                   help="suv: convert DICOM PET to body-weight SUV first (window/level then in SUV); default: as stored")
-    f.add_argument("--input-dir", help="2D mode: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
-    f.add_argument("--output", required=True, help="output volume (.nrrd, .nii.gz, .mha) or, in 2D mode, a folder")
-    f.add_argument("--device", default="auto", choices=DEVICES, help="default: CUDA when available")
-    f.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto (default): bf16 on GPUs and on CPUs with native bf16 (~1.7x faster, ~0.15 grey "
-                        "levels from fp32 on average), else fp32")
-    f.add_argument("--batch-size", type=POSITIVE_INT, help="slices per batch (default: about 256k pixels per batch on CPU, fitted to free memory on CUDA)")
-    f.add_argument("--axis", default="auto", choices=list(AXES), help="slice direction (default: auto, the axis closest to superior-inferior)")
-    f.add_argument("--colormap", help=f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file "
-                                      "(default: PET-Heat for PET, PET-Rainbow2 for SPECT)")
-    f.add_argument("--window", type=POSITIVE, help="PET/SPECT display window, > 0 (default: robust range)")
-    f.add_argument("--level", type=FINITE, help="PET/SPECT display level")
-    f.add_argument("--ct-window", type=POSITIVE, help=f"CT window in HU, > 0 (default {DEFAULT_CT_WINDOW:g})")
-    f.add_argument("--ct-level", type=FINITE, help=f"CT level in HU (default {DEFAULT_CT_LEVEL:g})")
-    f.add_argument("--weights", help="weights file (default: the bundled weights of the task)")
-    f.add_argument("--register", default="none", choices=REGISTRATION_MODES,
-                   help="register the functional volume onto the MRI first (mutual information; default none)")
-    f.add_argument("--transform", help="an ITK transform file (MRI space -> functional space, e.g. from "
-                                      "'ecfusion register') applied before fusion")
-    f.add_argument("--no-keep-salient", dest="keep_salient", action="store_false",
-                   help="do not apply the rule that keeps the CT bone / the hottest PET-SPECT uptake at least as bright as "
-                        "in the source (salient.py; on by default)")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_fuse_options(f)
 
     r = sub.add_parser("register", help="rigid/affine registration of the functional volume onto the MRI",
                        epilog="example:\n  ecfusion register --anatomical MRI.nii.gz --functional PET.nii.gz --output pet_to_mri.tfm",
@@ -164,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on every case without validation (final weights: the last epoch is written)")
     t.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="at most this many batches per epoch (smoke runs)")
     t.add_argument("--val-every", type=POSITIVE_INT, default=1, help="validate every N epochs (and after the last)")
-    t.add_argument("--init-weights", help="start from these weights ('bundled' = the shipped weights of --task)")
+    t.add_argument("--init-weights", help="start from these weights: a file, a bundled model's name, or 'bundled' "
+                                          "(the default model of --task)")
+    t.add_argument("--architecture", default=DEFAULT_ARCHITECTURE,
+                   help=f"the network to train (a name from 'ecfusion models'; default {DEFAULT_ARCHITECTURE}); with "
+                        "--init-weights, "
+                        "the architecture those weights hold")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; diverged in our CPU runs, see the model card)")
     t.add_argument("--seed", type=int, default=0, help="patch order, occluding squares, initial weights")
@@ -172,27 +120,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=POSITIVE_INT)
     t.add_argument("--max-minutes", type=POSITIVE, help="stop (resumably) after this much training time")
 
-    sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
+    sub.add_parser("models", help="list the bundled models (task, architecture, backends) and the architectures")
     return p
 
 
 def cmd_models(args) -> int:
-    """Registered architectures (name, parameters, description), then the bundled weights per task."""
+    """The bundled models (task, default or not, architecture, backends it runs on here, file, SHA-256), then
+    the registered architectures (name, parameters, description; listed where torch is installed)."""
+    from .backends import installed, model_backends
+    from .weights import catalogue, models
+
+    print("bundled models:")
+    defaults = {entry["name"] for entry in catalogue().values()}
+    if not models():
+        print("  (none)")
+    for name, entry in sorted(models().items()):
+        runs = model_backends(entry.get("architecture", "?"))
+        backends = ", ".join(b if ok == "yes" else f"{b} ({ok})" for b, ok in runs.items())
+        source = entry.get("source") or entry.get("description", "")
+        print(f"  {name:24s} {entry.get('task', '?'):10s} {'default' if name in defaults else '':8s}"
+              f"{entry.get('architecture', '?'):16s} backends: {backends}\n"
+              f"  {'':24s} {entry['file']} sha256 {entry['sha256']}\n  {'':24s} source: {source}")
+    print("architectures:")
+    if not installed("torch"):
+        print("  (listed where PyTorch is installed; fusing needs only ONNX Runtime)")
+        return 0
     from .network import count_parameters
     from .registry import create_model, model_entries
-    from .weights import catalogue
 
-    print("architectures:")
     for name, entry in sorted(model_entries().items()):
         print(f"  {name:16s} {count_parameters(create_model(name)):>9,d} parameters  {entry.description}")
-    print("bundled weights:")
-    entries = catalogue()
-    if not entries:
-        print("  (none)")
-    for task, entry in sorted(entries.items()):
-        source = entry.get("source") or entry.get("description", "")
-        print(f"  {task:10s} {entry['file']:24s} {entry.get('architecture', '?'):16s} sha256 {entry['sha256']}\n"
-              f"  {'':10s} source: {source}")
     return 0
 
 
@@ -200,20 +157,12 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, train
     from .weights import bundled_weights
 
+    from .weights import models
+
     init = args.init_weights
-    if init == "bundled":
-        init = str(bundled_weights(args.task)[0])
-    cfg = TrainConfig(data=args.data, task=args.task, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, grad_weight=args.grad_weight,
-                      intensity_weight=args.intensity_weight, ssim_weight=args.ssim_weight,
-                      ssim_reference=args.ssim_reference, salient_weight=args.salient_weight,
-                      salient_threshold=args.salient_threshold, salient_dark=args.salient_dark, ema=args.ema,
-                      folds=args.folds, holdout_fold=args.holdout_fold, all_cases=args.all_cases,
-                      steps_per_epoch=args.steps_per_epoch, val_every=args.val_every,
-                      perceptual_weight=args.perceptual_weight,
-                      vgg_weights=args.vgg_weights, upsample=args.upsample, val_cases=args.val_cases,
-                      init_weights=init, device=args.device, bf16=args.bf16, seed=args.seed, split_seed=args.split_seed, threads=args.threads,
-                      max_minutes=args.max_minutes)
+    if init == "bundled" or init in models():
+        init = str(bundled_weights(args.task, None if init == "bundled" else init)[0])
+    cfg = TrainConfig.from_args(args, init_weights=init)
     best = train(cfg)
     if best is None:
         print(f"no epoch finished within the time budget; no weights were written (run folder: {args.out})")
@@ -306,7 +255,8 @@ def _settings(args, task: str):
     return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis, precision=args.precision,
                           keep_salient=args.keep_salient,
                           colormap=args.colormap, window=args.window, level=args.level,
-                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights)
+                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights, model=args.model,
+                          backend=args.backend)
 
 
 def fuse_png_folder(args) -> int:
@@ -324,7 +274,7 @@ def fuse_png_folder(args) -> int:
     from .pairs import check_pair_sizes, find_pairs
     from .safe_files import refuse_overwriting_inputs
     from .volume_io import read_image, sidecar_path, write_image_atomic
-    from .weights import load_model
+    from .backends import load_network
 
     out_root = Path(args.output)
     if out_root.exists() and not out_root.is_dir():
@@ -337,7 +287,8 @@ def fuse_png_folder(args) -> int:
     for pair, target in targets.items():
         for path in (target, sidecar_path(target)):
             refuse_overwriting_inputs(path, [pair.second, pair.mri, args.weights])
-    models = {task: load_model(task, args.weights) for task in dict.fromkeys(p.task for p in pairs)}
+    models = {task: load_network(task, args.weights, args.model, args.backend, args.device)
+              for task in dict.fromkeys(p.task for p in pairs)}
     made_dirs, written = [], []
     try:
         for folder in [out_root, *(out_root / t for t in models)]:

@@ -32,8 +32,8 @@ from .volume_io import (check_image, check_output_dimension, check_writable, ful
 Notify = Callable[[str], None]
 log = logging.getLogger(__name__)
 # request fields that do not change the output: where the data lie and how fast it runs (the weights are
-# compared by their SHA-256 instead of their path)
-NOT_SETTINGS = ("anatomical", "functional", "output", "device", "batch_size", "weights")
+# compared by their SHA-256 instead of their path or model name; the backends agree within a grey level)
+NOT_SETTINGS = ("anatomical", "functional", "output", "device", "batch_size", "weights", "model", "backend")
 
 
 @dataclass
@@ -63,6 +63,8 @@ class FuseRequest:
     precision: str = "auto"
     keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
     weights: str | None = None
+    model: str | None = None  # a bundled model by name (``weights.models``); sets the task when none is given
+    backend: str = "auto"  # backends.BACKENDS
     device: str = "auto"
     batch_size: int | None = None
 
@@ -257,8 +259,8 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
                status: Notify | None = None) -> FuseOutcome:
     """Read, check, fuse and write one pair (see the module docstring); the inputs are never modified.
 
-    load_model(task, weights) -> (model, info): default ``weights.load_model`` (a batch worker passes its
-    cache). Warnings and notes for the user go to the "ECFusionLib" logger (the command line prints them) and
+    load_model(task, weights, model, backend, device) -> (network, info): default ``backends.load_network``
+    (a batch worker passes its cache). Warnings and notes for the user go to the "ECFusionLib" logger (the command line prints them) and
     into the outcome's ``warnings``; status: called with progress messages.
     """
     warnings: list[str] = []
@@ -271,9 +273,10 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
 def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     from .fusion import METADATA_PREFIX, FusionSettings, fuse_images
     from .registration import transform_provenance
-    from .weights import load_model as default_load
+    from .backends import load_network
+    from .weights import task_of_model
 
-    load_model = load_model or default_load
+    load_model = load_model or load_network
     t0 = time.perf_counter()
     check_numbers(batch_size=request.batch_size, window=request.window, level=request.level,
                   ct_window=request.ct_window, ct_level=request.ct_level)
@@ -284,16 +287,17 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
         refuse_overwriting_inputs(sidecar_path(request.output), inputs, what="metadata file (sidecar)")
     output = check_writable(request.output)
     model = info = None
-    if request.task:  # fail early on an unknown task or bad weights, before reading anything
-        model, info = load_model(check_task(request.task), request.weights)
+    given_task = request.task or (task_of_model(request.model) if request.model else None)
+    if given_task:  # fail early on an unknown task or bad weights, before reading anything
+        model, info = load_model(check_task(given_task), request.weights, request.model, request.backend, request.device)
     anatomical = read_input(request.anatomical, request.anatomical_series, what="anatomical image", notify=log.warning)
     check_output_dimension(anatomical.image, output)
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
                         notify=log.warning)
     refuse_same_series(anatomical.series, second.series)
-    task = resolve_task(request.task, second.modality)  # input_warnings checks the labels
+    task = resolve_task(given_task, second.modality)  # input_warnings checks the labels
     if model is None:
-        model, info = load_model(task, request.weights)
+        model, info = load_model(task, request.weights, request.model, request.backend, request.device)
     units = _pet_units(request, task, second)
     for warning in input_warnings(task, anatomical.image, second.image):
         log.warning(warning)
@@ -301,7 +305,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     settings = FusionSettings(task=task, device=request.device, batch_size=request.batch_size, axis=request.axis,
                               precision=request.precision, colormap=request.colormap, window=request.window,
                               level=request.level, ct_window=request.ct_window, ct_level=request.ct_level,
-                              weights=request.weights, keep_salient=request.keep_salient)
+                              weights=request.weights, model=request.model, backend=request.backend,
+                              keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
                          progress=progress, cancel=cancel, transform=transform)
     mode = request.register if request.register != "none" else (f"file {request.transform}" if request.transform else "none")

@@ -24,7 +24,6 @@ from .registration import alignment_check, transform_provenance
 from .salient import keep_salient
 from .tasks import task_spec
 from .volume_io import check_image
-from .weights import load_model
 
 METADATA_PREFIX = "ECFusion_"
 log = logging.getLogger(__name__)
@@ -42,7 +41,9 @@ class FusionSettings:
     level: float | None = None
     ct_window: float | None = None
     ct_level: float | None = None
-    weights: str | None = None  # None: the bundled weights of the task
+    weights: str | None = None  # None: the bundled weights of ``model`` or of the task's default model
+    model: str | None = None  # a bundled model by name (weights.models), e.g. "ecfusion-v1.pet-mri"
+    backend: str = "auto"  # "torch", "onnxruntime", or auto: torch when installed (backends.py)
     precision: str = "auto"  # bf16 where the hardware has it, else fp32; or force "fp32" / "bf16" (engine.py)
     as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
     keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
@@ -69,8 +70,9 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         anatomical: 2D or 3D scalar image; the output is on its grid.
         second: 2D or 3D image, scalar or RGB, anywhere in physical space overlapping ``anatomical``.
         settings: task, device, precision, display settings, weights (``FusionSettings``).
-        model: a network (``torch.nn.Module``, not modified) to use instead of loading ``settings.weights`` or the
-            task's bundled weights; pass ``weights_info`` with it for the metadata.
+        model: a network (a ``torch.nn.Module`` or an ``onnx_backend.OnnxNetwork``; not modified) to use instead
+            of loading ``settings.weights``, ``settings.model`` or the task's default model on
+            ``settings.backend`` (``backends.load_network``); pass ``weights_info`` with it for the metadata.
         progress, cancel: see ``engine.fuse_volume``.
         transform: maps anatomical physical points to the second image's space (optional).
     Returns:
@@ -86,7 +88,9 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     if anatomical.GetDimension() != second.GetDimension():
         raise ECFusionError(f"the {spec.anatomical_modality} is {anatomical.GetDimension()}D but the {modality} image is {second.GetDimension()}D")
     if model is None:
-        model, weights_info = load_model(task, settings.weights)
+        from .backends import load_network
+
+        model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device)
     axis = slice_axis(anatomical, settings.axis)
 
     moved = resample_onto(second, anatomical, transform)
@@ -130,6 +134,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "weights": (weights_info or {}).get("weights", "in-memory model"),
         "weights_sha256": (weights_info or {}).get("sha256", ""),
         "anatomical_intensity": mri_map, "second_intensity": sec_map,
+        "model": (weights_info or {}).get("model") or "", "backend": info.backend,
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
         "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),

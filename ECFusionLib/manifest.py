@@ -9,7 +9,8 @@ from the functional series' Modality). Optional: id (default ``line-N``, N the r
 output (default ``<id>.nrrd``; relative to the output folder), and any ``ecfusion fuse`` option as a column
 (colormap, window, level, ct_window, ct_level, register, transform, pet_units, anatomical_series, ...;
 ``-`` and ``_`` alike). Input paths may be files or DICOM folders, relative to the manifest's folder.
-Each row's values are parsed by ``ecfusion fuse``'s own option parser: one set of rules for both.
+Each row's values are parsed by ``ecfusion fuse``'s own options (``options.FUSE_OPTIONS``): one set of rules
+for both.
 """
 from __future__ import annotations
 
@@ -24,12 +25,11 @@ from pathlib import Path
 
 from .errors import ECFusionError
 from .fuse_files import FuseRequest
+from .options import add_fuse_options, manifest_columns
 from .tasks import check_task
 from .volume_io import OUTPUT_SUFFIXES, full_suffix, sidecar_path
 
 REQUIRED = ("anatomical", "functional", "task")
-BATCH_LEVEL = ("device",)  # set once for the whole batch (--device)
-NOT_COLUMNS = ("help", "input_dir", "quiet", "output", *BATCH_LEVEL)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VOLUME_OUTPUTS = tuple(s for s in OUTPUT_SUFFIXES if s != ".png")
 
@@ -47,28 +47,27 @@ class _RowError(Exception):
     pass
 
 
-def _fuse_parser() -> argparse.ArgumentParser:
-    """``ecfusion fuse``'s parser, raising instead of exiting."""
-    from .cli import build_parser
+class _RowParser(argparse.ArgumentParser):
+    """The ``fuse`` options (``options.FUSE_OPTIONS``) as a parser that raises instead of exiting."""
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices["fuse"]
-
-    def fail(message: str):
+    def error(self, message: str):
         raise _RowError(message)
 
-    parser.error = fail
+
+def _fuse_parser() -> argparse.ArgumentParser:
+    """A parser of a row's settings: ``ecfusion fuse``'s options, declared once in ``options.py``."""
+    parser = _RowParser(prog="manifest row", add_help=False)
+    add_fuse_options(parser)
     return parser
 
 
 def _columns(parser: argparse.ArgumentParser) -> dict[str, str]:
     """{column name: option string} of the ``fuse`` options a manifest may set per row."""
-    return {a.dest: a.option_strings[-1] for a in parser._actions
-            if a.option_strings and a.dest not in NOT_COLUMNS and a.nargs != 0}
+    return manifest_columns()
 
 
 def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "auto",
-                  weights: str | None = None) -> list[BatchRow]:
+                  weights: str | None = None, model: str | None = None, backend: str = "auto") -> list[BatchRow]:
     """Every row as a ``FuseRequest`` (absolute paths), or one ECFusionError listing every problem with its line.
 
     Checked here: the header (required and unknown columns), each value (by the ``fuse`` parser: numbers,
@@ -112,7 +111,8 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
                     continue
                 try:
                     rows.append(_row(dict(zip(names, (v.strip() for v in values))), line, parser, columns, base,
-                                     out_dir, device, weights))
+                                     out_dir, {"device": device, "backend": backend, "weights": weights,
+                                               "model": model}))
                 except (_RowError, ECFusionError) as exc:
                     problems.append(f"line {line}: {exc}")
     except csv.Error as exc:
@@ -125,7 +125,9 @@ def read_manifest(path: str | Path, output_dir: str | Path, *, device: str = "au
     return rows
 
 
-def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, device: str, weights) -> BatchRow:
+def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, batch: dict) -> BatchRow:
+    """One row's ``FuseRequest``; ``batch``: the batch-level device and backend, and the weights file or model
+    used where the row names neither."""
     for name in ("anatomical", "functional"):
         if not values[name]:
             raise _RowError(f"the {name} input is empty")
@@ -144,9 +146,9 @@ def _row(values: dict, line: int, parser, columns, base: Path, out_dir: Path, de
                 value = str((base / value).resolve())
             argv.append(f"{columns[name]}={value}")
     args = parser.parse_args(argv)
-    args.device = device
-    if not values.get("weights"):
-        args.weights = weights
+    args.device, args.backend = batch["device"], batch["backend"]
+    if not values.get("weights") and not values.get("model"):
+        args.weights, args.model = batch["weights"], batch["model"]
     return BatchRow(line, row_id, FuseRequest.from_args(args))
 
 

@@ -237,12 +237,23 @@ class RelativePositionBias(nn.Module):
             self._cache.popitem(last=False)
         return self._cache[key]
 
+    def traced_index(self, h, w) -> torch.Tensor:
+        """``index`` from tensor operations only (h, w may be traced sizes), as exported to ONNX."""
+        g = self.grid - 1
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        dr = (rows[:, None] - rows[None, :]).clamp(-g, g) + g
+        dc = (cols[:, None] - cols[None, :]).clamp(-g, g) + g
+        return dr * (2 * g + 1) + dc
+
     def forward(self, h: int, w: int) -> torch.Tensor:
         """Returns the N x N bias for an h x w token grid.
 
         Without autograd the gathered bias of the last grid is kept (the gather is ~2 ms per call at
         512x512); it is rebuilt when the grid, the device or the table's values change.
         """
+        if torch.jit.is_tracing():  # ONNX export: the index computed in the graph, for any grid (onnx_export.py)
+            return self.table[self.traced_index(h, w)]
         if torch.is_grad_enabled():
             return self.table[self.index(h, w, self.table.device)]
         key = (h, w, str(self.table.device), self.table._version, id(self.table))
@@ -409,6 +420,8 @@ class ECFusionNet(nn.Module):
         decoder_widths: hidden channels of the decoder (72, 48, 24).
     """
 
+    pad_multiple = PATCH  # ``forward_padded`` takes H, W multiples of this
+
     def __init__(self, width: int = WIDTH, blocks: int = BLOCKS, token_dims: tuple[int, ...] = TOKEN_DIMS,
                  decoder_widths: tuple[int, ...] = DECODER_WIDTHS):
         super().__init__()
@@ -427,6 +440,13 @@ class ECFusionNet(nn.Module):
         taps = self.eam(torch.cat([a, b]))  # shared EAM: one pass over both inputs (same result, fewer calls)
         fused = [cstf(*tap.chunk(2)) for cstf, tap in zip(self.cstf, taps)]
         return self.decoder(torch.cat(fused, dim=1))[..., :h, :w]
+
+    def forward_padded(self, second: torch.Tensor, anatomical: torch.Tensor) -> torch.Tensor:
+        """``forward`` for H, W already multiples of ``PATCH`` (no pad, no crop): the graph exported to ONNX,
+        whose runner pads as ``pad_to_multiple`` does (``onnx_backend``)."""
+        taps = self.eam(torch.cat([second, anatomical]))
+        fused = [cstf(*tap.chunk(2)) for cstf, tap in zip(self.cstf, taps)]
+        return self.decoder(torch.cat(fused, dim=1))
 
     def cpu_runner(self, dtype: torch.dtype = torch.float32) -> "FusedECFusion":
         """This network's CPU inference path (``FusedECFusion``); the model is read, not modified."""

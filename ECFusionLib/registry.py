@@ -23,6 +23,7 @@ from typing import Any, Callable
 from .errors import ECFusionError
 
 BUILTIN_MODULES = ("ECFusionLib.network",)  # modules whose import registers the bundled architectures
+DEFAULT_ARCHITECTURE = "ecfusion-v1"  # what `ecfusion train` builds unless told otherwise
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,13 @@ import sys
 
 log = logging.getLogger(__name__)
 
-# Oldest PyTorch accepted: torch < 2.6 has published torch.load(weights_only=True) bypasses (weights.py, the Slicer
-# module and pyproject.toml's requirement).
+# Oldest PyTorch that may read legacy .pt weights files: torch < 2.6 has published torch.load(weights_only=True)
+# bypasses (weights.py, the Slicer module). The .npz weights need no torch.load (any torch >= 2.2, or none).
 TORCH_MINIMUM = (2, 6)
+# Oldest PyTorch that runs the network with weights read without pickle (bundled weights, .npz): PyTorch's last
+# macOS x86_64 release, the one Slicer's (x86_64-only) macOS package can have, is 2.2.2. The fused phantom is
+# identical on 2.2.2 and 2.13 (measured; see ECFusionSlicer/ECFusionSlicerLib/dependencies.py for the policy).
+TORCH_MINIMUM_NETWORK = (2, 2)
 MIB = 1024 * 1024
 TRIM = 512 * MIB  # freed heap memory the process may keep
 _ALLOCATOR_TUNED = False

@@ -1,27 +1,19 @@
 """Training ECFusion on 2D pairs: the paper's preprocessing, gradient (+ intensity / perceptual) loss,
 checkpoints every epoch with resume, validation of whole held-out cases with the fusion metrics.
 
-Patches: each 256x256 image gives 9 overlapping 128x128 patches (stride 64). Each patch has a 50 %
-chance of a random 64x64 square set to black or white, on ONE of the two images (chosen at random):
-content present in only one source is what the network must learn to carry into the fused image.
-``upsample=True`` (the paper) shows patches at 256x256 (nearest); ``False`` (the reduced CPU schedule)
-trains on the 128x128 patches directly. Values are in [-1, 1].
-
-Loss = L_grad + w_int * L1(F, max(A, B)) + w_ssim * L_ssim + w_sal * L_salient + lambda * L_perceptual
-  L_grad: MSE between the Sobel magnitude of F and the elementwise max of those of A and B.
-  L_ssim: 1 - SSIM(F, reference); the reference per pixel is both sources averaged (``mean``, the default), the
-    source F is closer to (``max``), or the source with the larger local variance (``variance``: the MRI's
-    texture is not copied where the CT / PET is the structured one, e.g. the CT's bone edge).
-  L_salient: mean over pixels of w * |F - A|, w = ``salient.salient_mask`` of the task (the keep-salient rule's
-    own thresholds: CT bright and MRI dark; the top range of the PET/SPECT Y): the network itself learns to keep
-    the salient source (solid skull, hot uptake) instead of leaving it to the rule after the network.
-  L_perceptual: VGG19 (torchvision layout, weights from a file) at feature indices 2/7/16/25/34.
+The parts: ``training_data`` (pairs, packed .npz, splits, patches), ``losses`` (``LossConfig``, ``FusionLoss``),
+``evaluation`` (metrics, image check, selection score); this module holds the run's settings (``TrainConfig``)
+and the loop, cut into steps: load the data, build the model and optimiser, resume, train an epoch, validate and
+keep the best, checkpoint. The names of those modules used by the command line and scripts are re-exported here.
 
 Options for the next training round (model card, "Next training round"): an exponential moving average of the
 weights (``ema``: validated and saved instead of the raw weights), training on every case but one cross-validation
 fold (``folds`` + ``holdout_fold``: validation scores exactly that fold), ``all_cases`` (final weights: no
 validation, the last epoch is written), shorter epochs (``steps_per_epoch``), validation every N epochs, and data
 packed into one ``.npz`` (``pack_pairs``; read without SimpleITK, for machines that lack it).
+
+A run folder holds one run: resuming checks that the task, the architecture and the data (their values) are the
+ones the checkpoint was trained with, and refuses otherwise (nothing in the folder is changed).
 """
 from __future__ import annotations
 
@@ -30,48 +22,43 @@ import csv
 import itertools
 import json
 import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import metrics as M
 from .engine import cpu_has_bf16, fuse_volume, resolve_device
 from .errors import ECFusionError
-from .network import ECFusionNet, sobel_xy
-from .pairs import Pair, split_cases
-from .salient import salient_mask, task_thresholds
+from .evaluation import CHECK_TARGET, evaluate_arrays, image_check, selection_score  # noqa: F401 (re-exported)
+from .losses import (SSIM_REFERENCES, FusionLoss, LossConfig, VGG19Features, gradient_map,  # noqa: F401
+                     local_variance, ssim_map)
+from .registry import DEFAULT_ARCHITECTURE, architecture_of, create_model
 from .safe_files import atomic_write, write_text_atomic
-from .weights import load_state_dict, save_weights
+from .training_data import (DEFAULT_FOLDS, PatchSampler, TrainData, load_data, load_images,  # noqa: F401
+                            pack_pairs, patch_grid, read_folds, read_packed, split_for, subset_packed, to_unit)
+from .weights import load_model, save_weights
 
 
-@dataclass
-class TrainConfig:
-    data: str
+@dataclass(kw_only=True)
+class TrainConfig(LossConfig):
+    """A training run's settings: the loss's (``LossConfig``: weights, SSIM reference, salient thresholds, VGG19)
+    plus the data, the split, the schedule and the machine. Saved as the run folder's config.json."""
+
+    data: str  # PNG folder (ROOT/<task>/...) or packed .npz
     task: str
-    out: str
+    out: str  # the run folder
+    architecture: str = DEFAULT_ARCHITECTURE  # a registered network (registry.create_model), default widths
     epochs: int = 50
     batch_size: int = 4
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine (to 1 % of lr)
     warmup_steps: int = 0  # linear warm-up from 5 % of lr
     clip_grad: float | None = None  # max gradient norm (None: no clipping)
-    grad_weight: float = 1.0
-    intensity_weight: float = 0.0
-    ssim_weight: float = 0.0  # weight of 1 - SSIM(F, reference)
-    ssim_reference: str = "mean"  # mean (of SSIM(F,A), SSIM(F,B)) | max (per pixel) | variance (per pixel)
-    salient_weight: float = 0.0  # weight of mean(w * |F - A|), w = the keep-salient rule's mask (salient.py)
-    salient_threshold: float | None = None  # None: the task's default (salient.DEFAULT_THRESHOLDS)
-    salient_dark: float | None = None  # None: the task's default (salient.DEFAULT_DARK)
     ema: float | None = None  # decay of an exponential moving average of the weights (validated and saved)
-    perceptual_weight: float = 0.0
-    vgg_weights: str | None = None
-    grad_norm: str = "l1"  # "l1": |gx|+|gy| (the prototype), "l2": sqrt(gx^2+gy^2)
     upsample: bool = True
     val_fraction: float = 0.15
     val_cases: list[str] | None = None
@@ -80,7 +67,7 @@ class TrainConfig:
     all_cases: bool = False  # train on every case, no validation (final weights: the last epoch is written)
     steps_per_epoch: int | None = None  # at most this many batches per epoch (smoke runs; a random subset)
     val_every: int = 1  # validate every N epochs (and after the last)
-    init_weights: str | None = None
+    init_weights: str | None = None  # a weights file to start from (its architecture must be ``architecture``)
     device: str = "auto"
     bf16: bool = False  # bf16 autocast: faster on CPU, but training diverged with it (see MODEL_CARD.md)
     seed: int = 0  # patch order, occluding squares, initial weights
@@ -90,341 +77,11 @@ class TrainConfig:
     select_check: bool = True  # selection: +1 when the image check (bone / hot kept) is >= 0.95
     select_metrics: list[str] = field(default_factory=lambda: ["MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv"])
 
-
-# ------------------------------------------------------------------ data
-def to_unit(x: np.ndarray) -> np.ndarray:
-    """0-255 -> [-1, 1]."""
-    return np.asarray(x, dtype=np.float32) / 127.5 - 1.0
-
-
-def load_images(pairs: list[Pair], reader=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read pairs into two N x 1 x H x W float tensors in [-1, 1] (second modality / Y, MRI). ``reader(pair)``
-    -> (second grey, MRI grey) 0-255; default: the PNG files (``pairs.read_pair``)."""
-    if reader is None:
-        from .pairs import read_pair
-
-        reader = lambda p: read_pair(p)[:2]  # noqa: E731
-    a, b = [], []
-    for p in pairs:
-        sec, mri = reader(p)
-        a.append(to_unit(sec))
-        b.append(to_unit(mri))
-    return torch.from_numpy(np.stack(a))[:, None], torch.from_numpy(np.stack(b))[:, None]
-
-
-def _grey(arr: np.ndarray) -> np.ndarray:
-    from .colour import luminance
-
-    return (luminance(arr) if arr.ndim == 3 else arr).astype(np.float32)
-
-
-def pack_pairs(root, out, tasks=None) -> Path:
-    """Pack the PNG pairs under ``root`` into one compressed ``.npz`` (the pixels as read, uint8, and the file stems)
-    that training reads with numpy alone (``--data FILE.npz``): for a machine without SimpleITK (the GPU image)."""
-    from SimpleITK import GetArrayFromImage
-
-    from .pairs import find_pairs
-    from .volume_io import read_image
-
-    arrays = {}
-    found = find_pairs(root, tasks)  # once: the folders are listed (and orphans reported) one time
-    for task in sorted({p.task for p in found}):
-        pairs = [p for p in found if p.task == task]
-        sec = [GetArrayFromImage(read_image(p.second, allow_rgb=True)) for p in pairs]
-        mri = [GetArrayFromImage(read_image(p.mri, allow_rgb=True)) for p in pairs]
-        for name, stack in (("second", sec), ("mri", mri)):
-            if len({x.shape for x in stack}) != 1 or any(x.dtype != np.uint8 for x in stack):
-                raise ECFusionError(f"{task}: packing needs 8-bit images of one size ({name})")
-            arrays[f"{task}/{name}"] = np.stack(stack)
-        arrays[f"{task}/names"] = np.array([p.name for p in pairs])
-    return _write_npz(out, arrays)
-
-
-def _write_npz(out, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to the compressed ``.npz`` ``out`` atomically (its folder made if needed)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    atomic_write(out, write)
-    return out
-
-
-def subset_packed(src, out, per_case: int) -> Path:
-    """Write a copy of a packed file keeping the first ``per_case`` pairs of every case (numpy only): every case
-    stays, so cross-validation folds still resolve (``scripts/gpu_train.sh --smoke``)."""
-    with np.load(src, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for task in {k.split("/")[0] for k in arrays}:
-        names = [str(n) for n in arrays[f"{task}/names"]]
-        seen: dict[str, int] = {}
-        keep = []
-        for i, n in enumerate(names):
-            case = Pair(task, n, Path(), Path()).case
-            seen[case] = seen.get(case, 0) + 1
-            if seen[case] <= per_case:
-                keep.append(i)
-        for k in ("names", "second", "mri"):
-            arrays[f"{task}/{k}"] = arrays[f"{task}/{k}"][keep]
-    return _write_npz(out, arrays)
-
-
-def read_packed(path, task: str):
-    """(pairs, reader) for ``task`` from a file written by ``pack_pairs``: the same grey images as the PNG path
-    (the Y of RGB images, BT.601), read with numpy alone (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as z:
-        if f"{task}/names" not in z.files:
-            raise ECFusionError(f"{path} holds no {task} pairs (it has: "
-                                f"{sorted({k.split('/')[0] for k in z.files})})")
-        names = [str(n) for n in z[f"{task}/names"]]
-        sec, mri = z[f"{task}/second"], z[f"{task}/mri"]
-    pairs = [Pair(task, n, Path(path), Path(path)) for n in names]
-    index = {n: i for i, n in enumerate(names)}
-    return pairs, lambda p: (_grey(sec[index[p.name]]), _grey(mri[index[p.name]]))
-
-
-def read_folds(path, task: str) -> list[list[str]]:
-    """The cross-validation folds of ``task`` (lists of case names) from a folds file (``weights/cv_folds.json``
-    layout: {"tasks": {task: {"folds": [[case, ...], ...]}}})."""
-    try:
-        data = json.loads(Path(path).read_text())
-        folds = data["tasks"][task]["folds"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ECFusionError(f"cannot read the {task} folds from {path} ({type(exc).__name__}: {exc})") from exc
-    return [[str(c) for c in f] for f in folds]
-
-
-DEFAULT_FOLDS = Path(__file__).resolve().parent / "weights" / "cv_folds.json"
-
-
-def split_for(cfg: TrainConfig, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
-    """(training, validation) pairs: every case (``all_cases``), one fold held out (``holdout_fold``: validation is
-    exactly that fold's cases, all present; training every other case), or ``split_cases`` (``val_cases`` / seeded)."""
-    if cfg.all_cases:
-        return list(pairs), []
-    val_cases = cfg.val_cases
-    if cfg.holdout_fold is not None:
-        path = cfg.folds or DEFAULT_FOLDS
-        folds = read_folds(path, cfg.task)
-        if not 0 <= cfg.holdout_fold < len(folds):
-            raise ECFusionError(f"--holdout-fold {cfg.holdout_fold}: {path} has {len(folds)} {cfg.task} folds "
-                                f"(0-{len(folds) - 1})")
-        fold = folds[cfg.holdout_fold]
-        if val_cases and set(map(str, val_cases)) != set(fold):
-            raise ECFusionError(f"--val-cases {val_cases} and --holdout-fold {cfg.holdout_fold} ({fold}) disagree; give one")
-        present = {p.case for p in pairs}
-        missing = sorted(set(fold) - present)
-        if missing:
-            raise ECFusionError(f"fold {cfg.holdout_fold} of {path} names {cfg.task} cases not in the data: {missing}")
-        val_cases = fold
-    return split_cases(pairs, cfg.val_fraction, cfg.split_seed, val_cases)
-
-
-def patch_grid(size: int, patch: int = 128, stride: int = 64) -> list[int]:
-    return list(range(0, size - patch + 1, stride))
-
-
-class PatchSampler:
-    """Every epoch: all 9 patches of every image, shuffled, with random occluding squares."""
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, patch=128, stride=64, square=64, upsample=True, seed=0):
-        self.a, self.b = a, b
-        self.patch, self.square, self.upsample = patch, square, upsample
-        ys, xs = patch_grid(a.shape[-2], patch, stride), patch_grid(a.shape[-1], patch, stride)
-        self.index = [(i, y, x) for i in range(a.shape[0]) for y in ys for x in xs]
-        self.rng = random.Random(seed)
-
-    def __len__(self):
-        return len(self.index)
-
-    def batches(self, batch_size: int):
-        order = self.index[:]
-        self.rng.shuffle(order)
-        for k in range(0, len(order) - batch_size + 1, batch_size):
-            items = order[k : k + batch_size]
-            pa = torch.stack([self.a[i, :, y : y + self.patch, x : x + self.patch] for i, y, x in items]).clone()
-            pb = torch.stack([self.b[i, :, y : y + self.patch, x : x + self.patch] for i, y, x in items]).clone()
-            for j in range(len(items)):
-                if self.rng.random() < 0.5:
-                    target = pa if self.rng.random() < 0.5 else pb
-                    y0 = self.rng.randrange(0, self.patch - self.square + 1)
-                    x0 = self.rng.randrange(0, self.patch - self.square + 1)
-                    target[j, :, y0 : y0 + self.square, x0 : x0 + self.square] = 1.0 if self.rng.random() < 0.5 else -1.0
-            if self.upsample:
-                pa = F.interpolate(pa, scale_factor=2, mode="nearest")
-                pb = F.interpolate(pb, scale_factor=2, mode="nearest")
-            yield pa, pb
-
-
-# ------------------------------------------------------------------ losses
-def gradient_map(x: torch.Tensor, norm: str = "l1") -> torch.Tensor:
-    gx, gy = sobel_xy(x)
-    return gx.abs() + gy.abs() if norm == "l1" else torch.sqrt(gx * gx + gy * gy + 1e-6)
-
-
-class VGG19Features(nn.Module):
-    """VGG19 convolutional trunk in torchvision's ``features`` layout (indices match its state_dict)."""
-
-    CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
-    TAPS = {2: 1 / 16, 7: 1 / 16, 16: 1 / 8, 25: 1 / 4, 34: 1 / 2}
-
-    def __init__(self, weights_path: str):
-        super().__init__()
-        layers, cin = [], 3
-        for v in self.CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
-                cin = v
-        self.features = nn.Sequential(*layers)
-        path = Path(weights_path)
-        if not path.is_file():
-            raise ECFusionError(f"VGG19 weights file not found: {path} (torchvision's vgg19-dcbbabfd.pth)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-        self.features.load_state_dict(state)
-        self.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
-        x = ((x + 1) / 2).repeat(1, 3, 1, 1)
-        x = (x - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.TAPS:
-                out.append((self.TAPS[i], x))
-            if i >= max(self.TAPS):
-                break
-        return out
-
-
-def _ssim_window(x: torch.Tensor) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(11, dtype=x.dtype, device=x.device) - 5) ** 2) / (2 * 1.5 ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
-def local_variance(x: torch.Tensor) -> torch.Tensor:
-    """Variance of a B x 1 x H x W image in [-1, 1] (on the [0, 1] range) in the SSIM window, 'valid' like ``ssim_map``."""
-    win = _ssim_window(x)
-    x = (x + 1) / 2
-    mx = F.conv2d(x, win)
-    return F.conv2d(x * x, win) - mx * mx
-
-
-def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM map of two B x 1 x H x W images in [-1, 1], as the SSIM metric: Gaussian 11x11 window, sigma 1.5,
-    K1 0.01, K2 0.03 on the [0, 1] range; 'valid' windows only -> B x 1 x (H-10) x (W-10)."""
-    win = _ssim_window(x)
-    x, y = (x + 1) / 2, (y + 1) / 2
-    mx, my = F.conv2d(x, win), F.conv2d(y, win)
-    sxx = F.conv2d(x * x, win) - mx * mx
-    syy = F.conv2d(y * y, win) - my * my
-    sxy = F.conv2d(x * y, win) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-
-
-class FusionLoss(nn.Module):
-    def __init__(self, cfg: TrainConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.vgg = None
-        if cfg.perceptual_weight > 0:
-            if not cfg.vgg_weights:
-                raise ECFusionError(
-                    "a perceptual loss weight > 0 needs ImageNet VGG19 weights: pass --vgg-weights PATH "
-                    "(torchvision's vgg19-dcbbabfd.pth), or set --perceptual-weight 0"
-                )
-            self.vgg = VGG19Features(cfg.vgg_weights)
-        self.salient = None
-        if cfg.salient_weight > 0:
-            threshold, dark = task_thresholds(cfg.task, cfg.salient_threshold, cfg.salient_dark)
-            if threshold is None:
-                raise ECFusionError(f"--salient-weight: {cfg.task} has no salient threshold; give --salient-threshold")
-            self.salient = (threshold, dark)
-
-    def salient_term(self, a, b, f) -> torch.Tensor:
-        """mean(w * |F - A|) with w the keep-salient rule's mask on A (CT / functional Y) and B (MRI), 0-255."""
-        threshold, dark = self.salient
-        with torch.no_grad():
-            w = salient_mask((a + 1) * 127.5, (b + 1) * 127.5, threshold=threshold, dark=dark)
-        return (w * (f - a).abs()).mean()
-
-    def ssim_term(self, a, b, f) -> torch.Tensor:
-        sa, sb = ssim_map(f, a), ssim_map(f, b)
-        ref = self.cfg.ssim_reference
-        if ref == "max":
-            s = torch.maximum(sa, sb)
-        elif ref == "variance":
-            with torch.no_grad():
-                pick_a = local_variance(a) >= local_variance(b)
-            s = torch.where(pick_a, sa, sb)
-        else:
-            s = 0.5 * (sa + sb)
-        return 1.0 - s.mean()
-
-    def forward(self, a, b, f) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        target = torch.maximum(gradient_map(a, cfg.grad_norm), gradient_map(b, cfg.grad_norm))
-        terms = {"grad": F.mse_loss(gradient_map(f, cfg.grad_norm), target)}
-        total = cfg.grad_weight * terms["grad"]
-        if cfg.intensity_weight > 0:
-            terms["int"] = F.l1_loss(f, torch.maximum(a, b))
-            total = total + cfg.intensity_weight * terms["int"]
-        if cfg.ssim_weight > 0:
-            terms["ssim"] = self.ssim_term(a, b, f)
-            total = total + cfg.ssim_weight * terms["ssim"]
-        if self.salient is not None:
-            terms["salient"] = self.salient_term(a, b, f)
-            total = total + cfg.salient_weight * terms["salient"]
-        if self.vgg is not None:
-            pf, pa, pb = self.vgg(f), self.vgg(a), self.vgg(b)
-            perc = sum(w * (F.mse_loss(xf, xa) + F.mse_loss(xf, xb)) for (w, xf), (_, xa), (_, xb) in zip(pf, pa, pb))
-            terms["perc"] = perc
-            total = total + cfg.perceptual_weight * perc
-        terms["total"] = total
-        return terms
-
-
-# ------------------------------------------------------------------ validation
-def evaluate_arrays(a255: np.ndarray, b255: np.ndarray, f255: np.ndarray, names=M.METRICS) -> dict[str, float]:
-    """Mean of each metric over N image triples (N x H x W, 0-255), plus 'bg': the mean fused
-    grey level where both sources are 0."""
-    rows = [M.all_metrics(x, y, z, names) for x, y, z in zip(a255, b255, f255)]
-    out = {n: float(np.mean([r[n] for r in rows])) for n in names}
-    bg = (a255 <= 0.5) & (b255 <= 0.5)
-    out["bg"] = float(f255[bg].mean()) if bg.any() else 0.0
-    return out
-
-
-CHECK_TARGET = 0.95  # issue 14: bone kept / hot spots kept
-
-
-def image_check(task: str, a255: np.ndarray, b255: np.ndarray, f255: np.ndarray) -> float:
-    """Mean over images of the task's image check: ``metrics.bone_kept`` (CT-MRI) or ``metrics.hot_spots_kept``
-    (PET/SPECT-MRI); NaN when no image has bone / hot spots."""
-    if task == "CT-MRI":
-        vals = [M.bone_kept(x, y, z) for x, y, z in zip(a255, b255, f255)]
-    else:
-        vals = [M.hot_spots_kept(x, z) for x, z in zip(a255, f255)]
-    vals = [v for v in vals if math.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def selection_score(model_metrics: dict, ref: dict, names, check: float | None = None) -> float:
-    """Number of metrics beating the reference (pixel-max), + 1 when ``check`` (the image check) is given and
-    >= 0.95 (as ``scripts/cross_validate.py`` chooses), tie-broken by mean relative margin."""
-    wins = M.beats(model_metrics, ref, names)
-    margin = np.mean([(ref[n] - model_metrics[n]) / abs(ref[n]) if n in M.LOWER_IS_BETTER
-                      else (model_metrics[n] - ref[n]) / abs(ref[n]) for n in names])
-    bonus = 1.0 if check is not None and math.isfinite(check) and check >= CHECK_TARGET else 0.0
-    return len(wins) + bonus + float(np.tanh(margin))
+    @classmethod
+    def from_args(cls, args, **overrides) -> "TrainConfig":
+        """From an ``argparse`` namespace whose option names are the fields' (``ecfusion train``)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**values, **overrides})
 
 
 class EMA:
@@ -482,13 +139,13 @@ def check_config(cfg: TrainConfig) -> None:
             raise ECFusionError(f"{name} must be a finite number {'> 0' if strict else '>= 0'}, got {value}")
     if cfg.ema is not None and not (0.0 < cfg.ema < 1.0):
         raise ECFusionError(f"EMA decay must be between 0 and 1 (e.g. 0.999), got {cfg.ema}")
-    if cfg.ssim_reference not in ("mean", "max", "variance"):
-        raise ECFusionError(f"SSIM reference must be mean, max or variance, got {cfg.ssim_reference!r}")
+    if cfg.ssim_reference not in SSIM_REFERENCES:
+        raise ECFusionError(f"SSIM reference must be one of {', '.join(SSIM_REFERENCES)}, got {cfg.ssim_reference!r}")
     if cfg.all_cases and (cfg.holdout_fold is not None or cfg.val_cases):
         raise ECFusionError("--all-cases trains on every case: it cannot be combined with --holdout-fold or --val-cases")
 
 
-def _checkpoint(model, opt, sched, sampler, state, ema: EMA | None = None) -> dict:
+def checkpoint(model, opt, sched, sampler, state, ema: EMA | None = None) -> dict:
     """Everything needed to resume, as tensors and plain Python values only (loadable with weights_only=True)."""
     version, internal, gauss = sampler.rng.getstate()
     ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -509,6 +166,26 @@ def load_checkpoint(path: Path, device) -> dict:
         raise ECFusionError(f"cannot resume from {path}: it is not a checkpoint this version wrote, or it is "
                             f"damaged ({type(exc).__name__}). Nothing from it was run. Delete it (or use another "
                             "--out) to start over") from exc
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class Run:
+    """What the loop's steps share: the settings, the model and its optimiser, the sampler, the loss, the EMA, and
+    the resumable state (epoch, step, best score, seconds, and the run's identity)."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    bf16: bool
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    sampler: PatchSampler
+    loss_fn: FusionLoss
+    ema: EMA | None
+    steps_per_epoch: int
+    state: dict
 
 
 def train(cfg: TrainConfig, log=print) -> Path | None:
@@ -546,74 +223,109 @@ def _train(cfg: TrainConfig, out: Path, log) -> Path | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    bf16 = cfg.bf16 and (device.type == "cuda" or cpu_has_bf16())
-
-    if str(cfg.data).endswith(".npz"):
-        pairs, reader = read_packed(cfg.data, cfg.task)
-    else:
-        from .pairs import find_pairs
-
-        pairs, reader = find_pairs(cfg.data, [cfg.task]), None
-    train_pairs, val_pairs = split_for(cfg, pairs)
-    validate = not cfg.all_cases
-    if not train_pairs or (validate and not val_pairs):
-        raise ECFusionError(f"need at least two cases to split training and validation, found {len({p.case for p in pairs})}")
-    key = lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c)  # noqa: E731
-    log(f"{cfg.task}: {len(train_pairs)} training pairs (cases {sorted({p.case for p in train_pairs}, key=key)}), "
-        f"{len(val_pairs)} validation pairs (cases {sorted({p.case for p in val_pairs}, key=key)})")
-    ta, tb = load_images(train_pairs, reader)
-    ref = None
-    if validate:
-        va, vb = load_images(val_pairs, reader)
-        va8, vb8 = (np.rint((x[:, 0].numpy() + 1) * 127.5).astype(np.uint8) for x in (va, vb))
-        va255, vb255 = va8.astype(np.float64), vb8.astype(np.float64)
-        ref = evaluate_arrays(va255, vb255, np.maximum(va255, vb255), cfg.select_metrics)
-        ref["check"] = image_check(cfg.task, va255, vb255, np.maximum(va255, vb255))
+    data = load_data(cfg, log)
+    run = _build(cfg, out, data)
     out.mkdir(parents=True, exist_ok=True)
-    if ref is not None:
-        log("pixel-max on validation: " + ", ".join(f"{k}={v:.4f}" for k, v in ref.items()))
-
-    model = ECFusionNet().to(device)
+    if data.ref is not None:
+        log("pixel-max on validation: " + ", ".join(f"{k}={v:.4f}" for k, v in data.ref.items()))
     if cfg.init_weights:
-        model.load_state_dict(load_state_dict(cfg.init_weights))
         log(f"fine-tuning from {cfg.init_weights}")
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = PatchSampler(ta, tb, upsample=cfg.upsample, seed=cfg.seed)
-    steps_per_epoch = len(sampler) // cfg.batch_size
-    if cfg.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg.lr_schedule, cfg.warmup_steps))
-    loss_fn = FusionLoss(cfg).to(device)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-
-    state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": None, "seconds": 0.0}
-    last = out / "last.pt"
-    if last.is_file():
-        ck = load_checkpoint(last, device)
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            version, internal, gauss = ck["sampler_rng"]
-            sampler.rng.setstate((version, tuple(internal), gauss))
-            torch.set_rng_state(ck["torch_rng"].cpu())
-            state = dict(ck["state"])
-            if ema is not None:
-                ema.model.load_state_dict(ck["ema"] if "ema" in ck else model.state_dict())
-                ema.updates = int(ck.get("ema_updates", 0))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ECFusionError(f"cannot resume from {last}: it does not match this run ({type(exc).__name__}: "
-                                f"{str(exc)[:120]}); delete it or use another --out") from exc
-        log(f"resumed from {last} at epoch {state['epoch']}")
+    _resume(run, log)
     write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2))
-    log_path = out / "log.csv"
+    _loop(run, data, log)
+    best = out / "best.pt"
+    return best if best.is_file() else None
+
+
+def _build_model(cfg: TrainConfig) -> nn.Module:
+    """A new network of ``cfg.architecture`` (registry), or the one ``cfg.init_weights`` holds, with its weights."""
+    if not cfg.init_weights:
+        return create_model(cfg.architecture)
+    model, _ = load_model(weights=cfg.init_weights)
+    if model.architecture != cfg.architecture:
+        raise ECFusionError(f"--init-weights {cfg.init_weights} holds a {model.architecture} network, but this run "
+                            f"trains {cfg.architecture}; give --architecture {model.architecture} or other weights")
+    return model.train()
+
+
+def _build(cfg: TrainConfig, out: Path, data: TrainData) -> Run:
+    """The model (channels-last), Adam, the LR schedule, the sampler, the loss and the EMA; ECFusionError when
+    the training patches do not fill one batch."""
+    device = resolve_device(cfg.device)
+    loss_fn = FusionLoss(cfg).to(device)  # first: its settings (VGG19 weights, salient thresholds) are checked
+    model = _build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sampler = PatchSampler(data.ta, data.tb, upsample=cfg.upsample, seed=cfg.seed)
+    if len(sampler) < cfg.batch_size:
+        raise ECFusionError(f"--batch-size {cfg.batch_size} is more than the {len(sampler)} training patches of "
+                            f"{len(data.train_pairs)} training pairs: not one batch could be trained. Use --batch-size "
+                            f"{len(sampler)} or less, or more data")
+    steps = len(sampler) // cfg.batch_size
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+    total = steps * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.lr_schedule, cfg.warmup_steps))
+    identity = {"task": cfg.task, "architecture": architecture_of(model),
+                "model_config": json.loads(json.dumps(getattr(model, "config", {}))), "data_sha256": data.digest}
+    state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": None, "seconds": 0.0, "run": identity}
+    return Run(cfg, out, device, cfg.bf16 and (device.type == "cuda" or cpu_has_bf16()), model, opt, sched, sampler,
+               loss_fn, EMA(model, cfg.ema) if cfg.ema else None, steps, state)
+
+
+def _check_same_run(run: Run, stored: dict | None) -> None:
+    """ECFusionError when the checkpoint in the run folder was trained for another task, architecture or data.
+    ``stored``: the checkpoint's identity (older checkpoints have none: the folder's config.json is compared)."""
+    now, last = run.state["run"], run.out / "last.pt"
+    if stored is None:
+        try:
+            old = json.loads((run.out / "config.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        stored = {"task": old.get("task", now["task"])}
+        now = {**now, "data": str(run.cfg.data)}
+        stored["data"] = str(old.get("data", run.cfg.data))
+    labels = {"task": "task", "architecture": "architecture", "model_config": "network widths",
+              "data_sha256": "training/validation data", "data": "--data"}
+    diffs = [f"{labels[k]}: {stored[k] if k != 'data_sha256' else 'other images'} (this command: "
+             f"{now[k] if k != 'data_sha256' else 'other images'})"
+             for k in now if k in stored and stored[k] != now[k]]
+    if diffs:
+        raise ECFusionError(f"{run.out} holds another training run ({'; '.join(diffs)}): it was not resumed and "
+                            f"nothing in it was changed. Give another --out for this run (or delete {last} to start "
+                            "this folder over)")
+
+
+def _resume(run: Run, log) -> None:
+    """Continue from the run folder's last.pt when there is one (refused if it is another run's)."""
+    last = run.out / "last.pt"
+    if not last.is_file():
+        return
+    ck = load_checkpoint(last, run.device)
+    _check_same_run(run, ck.get("state", {}).get("run") if isinstance(ck.get("state"), dict) else None)
+    try:
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["optimizer"])
+        run.sched.load_state_dict(ck["scheduler"])
+        version, internal, gauss = ck["sampler_rng"]
+        run.sampler.rng.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        run.state = {**ck["state"], "run": run.state["run"]}
+        if run.ema is not None:
+            run.ema.model.load_state_dict(ck["ema"] if "ema" in ck else run.model.state_dict())
+            run.ema.updates = int(ck.get("ema_updates", 0))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ECFusionError(f"cannot resume from {last}: it does not match this run ({type(exc).__name__}: "
+                            f"{str(exc)[:120]}); delete it or use another --out") from exc
+    log(f"resumed from {last} at epoch {run.state['epoch']}")
+    if run.state["epoch"] >= run.cfg.epochs:
+        log(f"the run in {run.out} already finished its {run.cfg.epochs} epochs; give more --epochs to continue it")
+
+
+def _loop(run: Run, data: TrainData, log) -> None:
+    """Epochs until ``cfg.epochs`` (or the time budget): train, validate / keep the best, checkpoint."""
+    cfg, state = run.cfg, run.state
+    log_path = run.out / "log.csv"
     new_log = not log_path.exists()
-
-    from tqdm import tqdm
-
     t_start = time.time() - state["seconds"]
     with open(log_path, "a", newline="") as fh:
         writer = csv.writer(fh)
@@ -623,61 +335,79 @@ def _train(cfg: TrainConfig, out: Path, log) -> Path | None:
             if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
                 log(f"time budget of {cfg.max_minutes} min reached after {state['epoch']} epochs; resume to continue")
                 break
-            model.train()
-            losses, parts = [], {}
-            batches = itertools.islice(sampler.batches(cfg.batch_size), steps_per_epoch)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"{cfg.task} epoch {state['epoch'] + 1}/{cfg.epochs}",
-                       leave=False, disable=None)
-            for pa, pb in bar:
-                pa = pa.to(device).contiguous(memory_format=torch.channels_last)
-                pb = pb.to(device).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    f = model(pa, pb)
-                terms = loss_fn(pa, pb, f.float())
-                opt.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update(model)
-                state["step"] += 1
-                losses.append(float(terms["total"].detach()))
-                for k, v in terms.items():
-                    parts.setdefault(k, []).append(float(v.detach()))
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            losses, parts = train_epoch(run)
             state["epoch"] += 1
-            model.eval()
-            kept = ema.model if ema is not None else model  # the weights validated and written
-            meta = {"task": cfg.task, "epoch": state["epoch"], "ema": cfg.ema}
-            loss_text = f"loss {np.mean(losses):.4f} (" + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in parts.items() if k != "total") + ")"
             state["seconds"] = time.time() - t_start
-            if validate and (state["epoch"] % cfg.val_every == 0 or state["epoch"] == cfg.epochs):
-                fused, _ = fuse_volume(kept, va8, vb8, device=str(device), batch_size=8, fast=False,
-                                       precision="bf16" if bf16 else "fp32")  # full slices, as the paper scores them
-                f255 = fused.astype(np.float64)
-                val = evaluate_arrays(va255, vb255, f255, cfg.select_metrics)
-                val["check"] = image_check(cfg.task, va255, vb255, f255)
-                score = selection_score(val, ref, cfg.select_metrics, val["check"] if cfg.select_check else None)
-                state["seconds"] = time.time() - t_start  # validation included, as before
-                writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), sched.get_last_lr()[0],
-                                 float(np.mean(losses)), *[round(val[n], 5) for n in cfg.select_metrics], round(val["bg"], 3),
-                                 round(val["check"], 4), round(score, 4)])
-                log(f"epoch {state['epoch']}: {loss_text}, " + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
-                    + f", beats pixel-max on {M.beats(val, ref, cfg.select_metrics)}")
-                if score > state["best_score"]:
-                    state["best_score"], state["best_epoch"] = score, state["epoch"]
-                    save_weights(kept, out / "best.pt", {**meta, "val": val, "pixel_max": ref})
-            else:
-                writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), sched.get_last_lr()[0],
-                                 float(np.mean(losses)), *[""] * len(cfg.select_metrics), "", "", ""])
-                log(f"epoch {state['epoch']}: {loss_text}")
-                if not validate:  # every case trained on: the latest epoch is the result
-                    state["best_epoch"] = state["epoch"]
-                    save_weights(kept, out / "best.pt", meta)
+            row = _end_epoch(run, data, losses, parts, t_start, log)
+            writer.writerow([state["epoch"], state["step"], round(state["seconds"], 1), run.sched.get_last_lr()[0],
+                             float(np.mean(losses)), *row])
             fh.flush()
-            ck = _checkpoint(model, opt, sched, sampler, state, ema)
-            atomic_write(last, lambda tmp: torch.save(ck, tmp))
-    best = out / "best.pt"
-    return best if best.is_file() else None
+            ck = checkpoint(run.model, run.opt, run.sched, run.sampler, state, run.ema)
+            atomic_write(run.out / "last.pt", lambda tmp: torch.save(ck, tmp))
+
+
+def train_epoch(run: Run) -> tuple[list[float], dict[str, list[float]]]:
+    """One epoch of at most ``steps_per_epoch`` batches; returns the total losses and each term's, per step."""
+    from tqdm import tqdm
+
+    cfg, device = run.cfg, run.device
+    run.model.train()
+    losses, parts = [], {}
+    batches = itertools.islice(run.sampler.batches(cfg.batch_size), run.steps_per_epoch)
+    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"{cfg.task} epoch {run.state['epoch'] + 1}/{cfg.epochs}",
+               leave=False, disable=None)
+    for pa, pb in bar:
+        pa = pa.to(device).contiguous(memory_format=torch.channels_last)
+        pb = pb.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            f = run.model(pa, pb)
+        terms = run.loss_fn(pa, pb, f.float())
+        run.opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+        run.opt.step()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.state["step"] += 1
+        losses.append(float(terms["total"].detach()))
+        for k, v in terms.items():
+            parts.setdefault(k, []).append(float(v.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    return losses, parts
+
+
+def validate(run: Run, data: TrainData) -> tuple[dict[str, float], float]:
+    """Fuse the validation images whole with the kept weights (EMA or raw); (metrics with 'bg' and 'check', score)."""
+    cfg = run.cfg
+    kept = run.ema.model if run.ema is not None else run.model
+    fused, _ = fuse_volume(kept, data.va8, data.vb8, device=str(run.device), batch_size=8, fast=False,
+                           precision="bf16" if run.bf16 else "fp32")  # full slices, as the paper scores them
+    va255, vb255, f255 = data.va8.astype(np.float64), data.vb8.astype(np.float64), fused.astype(np.float64)
+    val = evaluate_arrays(va255, vb255, f255, cfg.select_metrics)
+    val["check"] = image_check(cfg.task, va255, vb255, f255)
+    return val, selection_score(val, data.ref, cfg.select_metrics, val["check"] if cfg.select_check else None)
+
+
+def _end_epoch(run: Run, data: TrainData, losses, parts, t_start: float, log) -> list:
+    """Validate when due and keep the best weights (or, without validation, the latest); the log row's metric cells."""
+    cfg, state = run.cfg, run.state
+    run.model.eval()
+    kept = run.ema.model if run.ema is not None else run.model  # the weights validated and written
+    meta = {"task": cfg.task, "epoch": state["epoch"], "ema": cfg.ema}
+    loss_text = f"loss {np.mean(losses):.4f} (" + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in parts.items() if k != "total") + ")"
+    if data.validate and (state["epoch"] % cfg.val_every == 0 or state["epoch"] == cfg.epochs):
+        val, score = validate(run, data)
+        state["seconds"] = time.time() - t_start  # validation included, as before
+        log(f"epoch {state['epoch']}: {loss_text}, " + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
+            + f", beats pixel-max on {M.beats(val, data.ref, cfg.select_metrics)}")
+        if score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, state["epoch"]
+            save_weights(kept, run.out / "best.pt", {**meta, "val": val, "pixel_max": data.ref})
+        return [*[round(val[n], 5) for n in cfg.select_metrics], round(val["bg"], 3), round(val["check"], 4), round(score, 4)]
+    log(f"epoch {state['epoch']}: {loss_text}")
+    if not data.validate:  # every case trained on: the latest epoch is the result
+        state["best_epoch"] = state["epoch"]
+        save_weights(kept, run.out / "best.pt", meta)
+    return [*[""] * len(cfg.select_metrics), "", "", ""]

@@ -14,7 +14,8 @@ Older ``.pt`` files (a ``torch.save`` dict with the same entries and a "state_di
 ``scripts/convert_weights.py`` turns them into ``.npz``.
 
 The catalogue (``weights/catalogue.json``) lists the bundled models by name ("ecfusion-v1.pet-mri": task,
-architecture, file, sha256, ...) and the default model of each task (``models``, ``default_model``).
+architecture, file, sha256, ...), the default model of each task (``models``, ``default_model``) and the
+ONNX graph of each architecture with its SHA-256 (``graph_file``; the graphs hold no weights: ``onnx_backend``).
 """
 from __future__ import annotations
 
@@ -102,30 +103,46 @@ def tensor_checksum(state) -> str:
 
 # ---- the catalogue ---------------------------------------------------------------------------------------
 
-def _read_catalogue() -> dict:
+def read_catalogue() -> dict:
     """{"models": {name: entry}, "defaults": {task: name}}; a catalogue in the older by-task layout
     ({task: entry}) is read as models named "<architecture>.<task in lower case>"."""
     if not CATALOGUE.is_file():
-        return {"models": {}, "defaults": {}}
+        return {"models": {}, "defaults": {}, "graphs": {}}
     data = json.loads(CATALOGUE.read_text())
     if "models" in data:
-        return {"models": data["models"], "defaults": data.get("defaults", {})}
+        return {"models": data["models"], "defaults": data.get("defaults", {}), "graphs": data.get("graphs", {})}
     models, defaults = {}, {}
     for task, entry in data.items():
         name = f"{entry.get('architecture', 'ecfusion-v1')}.{task.lower()}"
         models[name], defaults[task] = {**entry, "task": task}, name
-    return {"models": models, "defaults": defaults}
+    return {"models": models, "defaults": defaults, "graphs": {}}
+
+
+def write_catalogue(models: dict, defaults: dict, graphs: dict) -> Path:
+    """Write catalogue.json (release and export scripts): entries sorted, without their "name"."""
+    from .safe_files import write_text_atomic
+
+    data = {"defaults": dict(sorted(defaults.items())),
+            "models": {k: {x: y for x, y in e.items() if x != "name"} for k, e in sorted(models.items())},
+            "graphs": dict(sorted(graphs.items()))}
+    return write_text_atomic(CATALOGUE, json.dumps(data, indent=2) + "\n")
+
+
+def graph_file(architecture: str) -> tuple[Path, str | None]:
+    """The shipped ONNX graph of ``architecture`` and its catalogue SHA-256 (None when not listed)."""
+    entry = read_catalogue()["graphs"].get(architecture, {})
+    return WEIGHTS_DIR / entry.get("file", f"{architecture}.onnx"), entry.get("sha256")
 
 
 def models() -> dict[str, dict]:
     """The bundled models by name: {name: {"task", "architecture", "file", "sha256", "description", ...}}."""
-    return {name: {**entry, "name": name} for name, entry in _read_catalogue()["models"].items()}
+    return {name: {**entry, "name": name} for name, entry in read_catalogue()["models"].items()}
 
 
 def default_model(task: str) -> str:
     """The name of the bundled model used for ``task`` when none is named; WeightsError if there is none."""
     task = check_task(task)
-    name = _read_catalogue()["defaults"].get(task)
+    name = read_catalogue()["defaults"].get(task)
     if not name:
         raise WeightsError(
             f"no trained weights are bundled for {task}; train them with 'ecfusion train' or pass --weights PATH. "
@@ -145,7 +162,7 @@ def model_entry(name: str) -> dict:
 
 def catalogue() -> dict:
     """{task: entry of its default model} (the entry has its "name")."""
-    cat = _read_catalogue()
+    cat = read_catalogue()
     entries = models()
     return {task: entries[name] for task, name in cat["defaults"].items() if name in entries}
 

@@ -26,10 +26,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin  # noqa: E402
 
-from ECFusionSlicerLib.logic import (CHOICES, DEFAULTS, LIMITS, TORCH_MINIMUM,  # noqa: E402 (console API)
-                                     ECFusionSlicerLogic, first_anatomical_candidate, torch_version_problem)
+from ECFusionSlicerLib import dependencies  # noqa: E402
+from ECFusionSlicerLib.logic import (CHOICES, DEFAULTS, LIMITS, ECFusionSlicerLogic,  # noqa: E402 (console API)
+                                     first_anatomical_candidate)
 
-TORCH_REQUIREMENT = ">=" + ".".join(map(str, TORCH_MINIMUM))
+TORCH_REQUIREMENT = ">=" + ".".join(map(str, dependencies.TORCH_MINIMUM_NETWORK))
 DOUBLE_CLICK_S = 1.0  # an Apply click this soon after starting is the second half of a double-click: ignored
 
 
@@ -70,7 +71,7 @@ class ECFusionSlicerParameterNode:
     functionalVolume: slicer.vtkMRMLScalarVolumeNode
     # An RGB (PET/SPECT) result is a vtkMRMLVectorVolumeNode: both classes are offered. The connector writes the
     # annotation's classes into the combobox's nodeTypes; the UnionSerializer stores the reference under
-    # "outputVolume_<index>" (logic.node_reference reads either form). None = create a new volume.
+    # "outputVolume.<index>"; the logic reads it through this wrapper's attribute. None = create a new volume.
     outputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode, None]
     task: Annotated[str, Choice(list(CHOICES["task"]))] = DEFAULTS["task"]
     device: Annotated[str, Choice(list(CHOICES["device"]))] = DEFAULTS["device"]
@@ -85,6 +86,7 @@ class ECFusionSlicerParameterNode:
     registration: Annotated[str, Choice(list(CHOICES["registration"]))] = DEFAULTS["registration"]
     registrationTransform: slicer.vtkMRMLLinearTransformNode
     keepSalient: bool = DEFAULTS["keepSalient"]  # the keep-salient rule (ECFusionLib.salient) after the network
+    backend: Annotated[str, Choice(list(CHOICES["backend"]))] = DEFAULTS["backend"]  # auto: torch, else ONNX Runtime
 
 
 class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -137,12 +139,10 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def onReload(self):
-        """Reload the module's library too ("Reload" alone re-imports only this file)."""
-        import importlib
-
-        for name in ("ECFusionSlicerLib.mrml_volumes", "ECFusionSlicerLib.logic"):
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
+        """Reload the module's libraries too ("Reload" alone re-executes only this file): ECFusionSlicerLib and
+        ECFusionLib are dropped from sys.modules, so this file's imports load the edited files afresh."""
+        for name in [n for n in sys.modules if n.split(".")[0] in ("ECFusionSlicerLib", "ECFusionLib")]:
+            del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
     def initializeParameterNode(self):
@@ -152,14 +152,23 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first:
                 self._parameterNode.anatomicalVolume = first
 
+    def boundWidgets(self) -> dict:
+        """{parameter name: widget} for the panel's widgets with the dynamic property SlicerParameterName (what
+        Slicer's connectGui looks for)."""
+        return {w.property("SlicerParameterName"): w for w in vars(self.ui).values()
+                if hasattr(w, "property") and w.property("SlicerParameterName")}
+
     def setParameterNode(self, node):
+        # connectParametersToGui, not connectGui: in Slicer 5.8 connectGui returns no tag, so disconnectGui(None)
+        # left the old connectors live, and on re-entering they wrote "first choice" into the parameter node
+        # while the new connectors refilled the combo boxes (Slicer fixed connectGui after 5.8, b5a65a49a0).
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = node
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self.boundWidgets())
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
@@ -228,7 +237,7 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         try:
             output = self.logic.processUsingParameterNode(
-                self._parameterNode.parameterNode, progressCallback=self._onProgress,
+                self._parameterNode, progressCallback=self._onProgress,
                 cancelCheck=self._isCancelled, statusCallback=self.log)
         except CancelledError:
             self.log("Cancelled: the scene is unchanged.")
@@ -250,19 +259,36 @@ class ECFusionSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def torch_available() -> bool:
-    import importlib.util
+    """True when a torch that runs the network is installed (its version read without importing it)."""
+    return dependencies.torch_problem(dependencies.installed_version("torch")) is None
 
-    return importlib.util.find_spec("torch") is not None
+
+def inference_available() -> bool:
+    """True when the network can run here: a usable torch, or ONNX Runtime where ECFusionLib has that backend."""
+    return torch_available() or _plan().backend is not None
+
+
+def _plan() -> dependencies.Plan:
+    return dependencies.plan(dependencies.installed_version("torch"),
+                             dependencies.installed_version(dependencies.ONNXRUNTIME_PACKAGE),
+                             dependencies.is_intel_mac(), "onnxruntime" in dependencies.library_backends())
 
 
 def ensure_dependencies(interactive: bool = True) -> bool:
-    """PyTorch through the PyTorch extension (asks once); nothing else is needed to fuse.
+    """Make sure the network can run (ECFusionSlicerLib.dependencies.plan decides; one question at most).
 
-    Slicer's own numpy and SimpleITK are used as they are, never replaced. Installs only when ``interactive``
-    and Slicer has a main window and is not testing (then PyTorchUtils would install without asking). Returns
-    False, with a message saying what to do, when PyTorch is missing, too old, declined or not installable."""
+    Without a usable torch: offers ONNX Runtime (CPU, tens of MB) where ECFusionLib has that backend, else
+    PyTorch through the PyTorch extension (on a Mac with Slicer's Intel build: PyTorch 2.2.2, the last for it).
+    Nothing is imported before the versions are known, so an old torch is never imported and then replaced.
+    Slicer's own numpy and SimpleITK are never replaced. Installs only when ``interactive`` and Slicer has a
+    main window and is not testing; otherwise returns False with the reason logged."""
+    if torch_available():
+        return True
     interactive = (interactive and not slicer.app.commandOptions().noMainWindow
                    and not slicer.app.testingEnabled())
+    plan = _plan()
+    if plan.backend is not None:
+        return True
 
     def tell(msg):
         if interactive:
@@ -270,55 +296,58 @@ def ensure_dependencies(interactive: bool = True) -> bool:
         else:
             logging.error(msg)
 
-    if torch_available():
-        import torch
-
-        problem = torch_version_problem(torch.__version__)
-        if problem is None:
-            return True
-        if not interactive or not slicer.util.confirmOkCancelDisplay(
-                f"{problem}. Update PyTorch now? Slicer must be restarted afterwards."):
-            tell(problem)
+    if plan.install is None or not interactive:
+        tell(plan.message if interactive else plan.message.replace(
+            " now?", ": open the ECFusion module and press Apply (not done in testing or without a main window)."))
+        return False
+    if plan.install == dependencies.ONNXRUNTIME_PACKAGE:
+        if not slicer.util.confirmOkCancelDisplay(plan.message):
             return False
+        pip_ensure = getattr(getattr(slicer, "packaging", None), "pip_ensure", None)  # Slicer >= 5.12
+        if pip_ensure is not None:
+            pip_ensure([dependencies.ONNXRUNTIME_PACKAGE])
+        else:
+            slicer.util.pip_install(dependencies.ONNXRUNTIME_PACKAGE)
+        return dependencies.installed_version(dependencies.ONNXRUNTIME_PACKAGE) is not None
     try:
         import PyTorchUtils
     except ImportError:
-        tell("ECFusion needs PyTorch: install the 'PyTorch' extension from the Extensions Manager, restart Slicer, "
-             "then try again.")
-        return False
-    if not interactive:
-        tell("ECFusion needs PyTorch: open the ECFusion module and press Apply to install it (not done in "
-             "testing or without a main window).")
+        tell(plan.message + " Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, then "
+                            "press Apply again.")
         return False
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
                                                            torchVersionRequirement=TORCH_REQUIREMENT)
     if torch is None:
         tell("PyTorch was not installed, so ECFusion cannot run. Press Apply again to retry.")
         return False
-    if torch_version_problem(torch.__version__) is not None:
-        slicer.util.infoDisplay("PyTorch was updated: restart Slicer, then press Apply again.")
-        return False
-    return True
+    return dependencies.torch_problem(torch.__version__) is None
 
 
 # ---------------------------------------------------------------------- self-test
 class ECFusionSlicerTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Developer mode > Reload and Test, or ctest): small synthetic volumes through the logic.
 
-    Without PyTorch it reports "skipped" and passes: "Reload and Test" calls runTest() directly, where a
-    unittest skip would count as a failure, and it never installs PyTorch (testing mode would not ask)."""
+    Without an inference engine it reports "skipped" and passes: "Reload and Test" calls runTest(), where a
+    unittest skip would count as a failure; ctest calls test_fuse_phantom(), which skips. It never installs
+    anything (testing mode would not ask)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
+    SKIPPED = "ECFusion self-test skipped: no inference engine (PyTorch or ONNX Runtime) is installed"
+
     def runTest(self):
         self.setUp()
-        if not torch_available() or not ensure_dependencies(interactive=False):
-            self.delayDisplay("ECFusion self-test skipped: PyTorch is not installed (or too old)")
+        if not inference_available():
+            self.delayDisplay(self.SKIPPED)  # not skipTest: "Reload and Test" would count it as a failure
             return
         self.test_fuse_phantom()
 
     def test_fuse_phantom(self):
+        # ctest runs this method directly (unittest), not runTest: the guard must be here too, before any import
+        # of ECFusionLib's network modules (they import torch).
+        if not inference_available():
+            self.skipTest(self.SKIPPED)
         import numpy as np
         import SimpleITK as sitk
 

@@ -77,10 +77,12 @@ def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, pha
     thumb = sitk.ReadImage(str(tmp_path / "thumb.png"))
     assert thumb.GetNumberOfComponentsPerPixel() == 3 and thumb.GetHeight() == 160 and thumb.GetWidth() > 3 * 100
 
-    # the same command again, on an existing cluster (--scheduler): up-to-date rows are skipped
+    # the same command again, on an existing cluster (--scheduler), on ONNX Runtime: up-to-date rows are skipped
+    # (the backend is how it runs, not a setting: the backends agree within a grey level)
     from dask.distributed import Client, LocalCluster
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.nrrd")}
+    base += ["--backend", "onnxruntime"]
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         code, text = run(capsys, *base, "--scheduler", cluster.scheduler_address)
         assert code == 4, text
@@ -92,6 +94,9 @@ def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, pha
         assert [r["status"] for r in report(out).values()] == ["ok", "ok", "failed"]
         # the network is loaded once per worker and task (PET-MRI, CT-MRI), not once per row
         assert all(n <= 2 for n in client.run(lambda: batch_worker.LOADS).values())
+    fused = sitk.ReadImage(str(out / "nrrd.nrrd"))
+    assert fused.GetMetaData("ECFusion_backend") == "onnxruntime"
+    assert np.abs(sitk.GetArrayFromImage(fused).astype(float) - b).mean() < 0.5  # b: `ecfusion fuse` on torch
 
 
 def test_changed_settings_or_inputs_are_not_up_to_date(tmp_path, cohort, phantom, weights_file, capsys):

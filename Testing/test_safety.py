@@ -545,8 +545,12 @@ def test_dependencies_in_pyproject():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = " ".join(project["dependencies"])
-    assert "torch>=2.6" in deps and "scipy" not in deps and "scikit-image" not in deps
+    # fusing needs no torch (ONNX Runtime); torch is an extra (any torch reads the .npz weights)
+    assert "onnxruntime" in deps and "torch" not in deps and "scipy" not in deps and "scikit-image" not in deps
+    assert project["optional-dependencies"]["torch"] == ["torch>=2.2"]
     assert any("scipy" in d for d in project["optional-dependencies"]["metrics"])
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert {"weights/*.npz", "weights/*.onnx"} <= set(package_data["ECFusionLib"])
 
 
 def test_help_and_evaluate_legend(capsys, tmp_path, weights_file):

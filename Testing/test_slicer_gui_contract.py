@@ -1,22 +1,14 @@
-"""The module panel's .ui against its @parameterNodeWrapper class, by the rules of Slicer's GUI connectors.
+"""Module-file facts that need no Slicer code: the vocabularies, the .ui's own items, the Apply/Cancel button and
+the dependency questions.
 
-There is no Slicer application here, so the contract is checked statically. In Slicer, ``connectGui`` builds a
-connector for every widget with the dynamic property ``SlicerParameterName`` before connecting any: one widget/type
-pair that no connector accepts raises, and the whole panel stays unbound (Apply never enables). The rules below
-are those of ``Base/Python/slicer/parameterNodeWrapper/guiConnectors.py`` (Slicer/Slicer, read at 113c6bd and
-0e31bd8; the same pairs in v5.6.2, v5.8.1, v5.10.0, see shared/design/slicer-conventions.md): each connector's
-``canRepresent`` compares ``type(widget)`` exactly and the *unannotated* field type. Where a newer Slicer accepts
-more pairs, this table is the stricter, older one, so a panel that passes here binds in every supported version.
-
-The field types are the real ones: the module file is imported with the Slicer-application-only modules
-(qt, slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule, slicer.util) replaced by small stand-ins, and
-MRML classes from slicer-core; ``typing.get_type_hints`` resolves the annotations as Slicer's wrapper does.
+How the panel binds to its parameter node is NOT checked here: Testing/test_slicer_widget_on_slicer_source.py
+runs Slicer's own parameterNodeWrapper and ScriptedLoadableModule (5.8.1, 5.10.0, 5.12.3, preview) on the real
+widget. (This file used to re-implement Slicer's connector rules, and encoded the same wrong Union key as the
+module.) Here the module file is imported with the application-only modules replaced by small stand-ins.
 """
 from __future__ import annotations
 
-import enum
 import importlib.util
-import pathlib
 import sys
 import types
 import typing
@@ -100,9 +92,8 @@ def fields(module) -> dict:
     return typing.get_type_hints(module.ECFusionSlicerParameterNode, include_extras=True)
 
 
-# ----------------------------------------------------------------- Slicer's connector rules
 def split(annotated) -> tuple[object, tuple]:
-    """(type, annotations) as parameterNodeWrapper.util.splitAnnotations gives them."""
+    """(type, annotations) of a possibly Annotated field type."""
     if typing.get_origin(annotated) is typing.Annotated:
         args = typing.get_args(annotated)
         return args[0], tuple(args[1:])
@@ -113,64 +104,13 @@ def first(annotations, kind):
     return next((a for a in annotations if isinstance(a, kind)), None)
 
 
-PATH_TYPES = (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
-              pathlib.PureWindowsPath)
-
-
-def is_node_or_union_of_nodes(t) -> bool:
-    """util.isNodeOrUnionOfNodes: a vtkMRMLNode class, or typing.Union of them and None (typing.get_origin must be
-    typing.Union: a PEP 604 ``A | B`` is a types.UnionType and is not accepted)."""
-    if isinstance(t, type):
-        return issubclass(t, slicer.vtkMRMLNode)
-    if typing.get_origin(t) is typing.Union:
-        return all(isinstance(a, type) and (a is type(None) or issubclass(a, slicer.vtkMRMLNode))
-                   for a in (split(x)[0] for x in typing.get_args(t)))
-    return False
-
-
-def node_types(t) -> tuple[type, ...]:
-    """util.getNodeTypes: the classes the connector writes into the combobox's nodeTypes."""
-    if isinstance(t, type):
-        return (t,)
-    return tuple(a for a in typing.get_args(t) if isinstance(a, type) and issubclass(a, slicer.vtkMRMLNode))
-
-
-def connector_problem(widget_class: str, annotated) -> str | None:
-    """None when one of Slicer's registered connectors accepts (widget class, field type), else why not."""
-    t, ann = split(annotated)
-    bounded = first(ann, WithinRange) is not None or (first(ann, Minimum) and first(ann, Maximum)) is not None
-    rules = {
-        "QCheckBox": lambda: t is bool,
-        "QPushButton": lambda: t is bool,
-        "QSlider": lambda: t is int and bounded,
-        "QSpinBox": lambda: t is int,
-        "QDoubleSpinBox": lambda: t is float,
-        "ctkSliderWidget": lambda: t is float and bounded,
-        "QComboBox": lambda: (t in (int, float, str, bool) and first(ann, Choice) is not None)
-                             or (isinstance(t, type) and issubclass(t, enum.Enum)),
-        "QLineEdit": lambda: t is str,
-        "QTextEdit": lambda: t is str,
-        "ctkRangeWidget": lambda: getattr(t, "__name__", "") == "FloatRange" and first(ann, RangeBounds) is not None,
-        "ctkPathLineEdit": lambda: t in PATH_TYPES,
-        "ctkDirectoryButton": lambda: t in PATH_TYPES,
-        "qMRMLNodeComboBox": lambda: is_node_or_union_of_nodes(t),
-        "qMRMLSubjectHierarchyTreeView": lambda: is_node_or_union_of_nodes(t),
-    }
-    if widget_class not in rules:
-        return f"no Slicer GUI connector exists for a {widget_class}"
-    if not rules[widget_class]():
-        return f"Slicer's connectors do not bind a {widget_class} to {annotated!r}"
-    return None
-
-
-# ----------------------------------------------------------------- the .ui
 def bound_widgets() -> dict[str, ET.Element]:
     """SlicerParameterName -> <widget> element."""
     out = {}
     for w in ET.parse(UI).getroot().iter("widget"):
-        for prop in w.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                out[prop.find("string").text] = w
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                out[p.find("string").text] = w
     return out
 
 
@@ -178,126 +118,13 @@ def prop(widget: ET.Element, name: str):
     for p in widget.findall("property"):
         if p.get("name") == name:
             child = p[0]
-            if child.tag == "stringlist":
-                return [s.text for s in child]
-            if child.tag == "bool":
-                return child.text == "true"
-            if child.tag in ("number", "double"):
-                return float(child.text)
-            return child.text
+            return child.text == "true" if child.tag == "bool" else child.text
     return None
-
-
-VOLUME_CLASSES = [getattr(slicer, n) for n in (
-    "vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode",
-    "vtkMRMLDiffusionTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLStreamingVolumeNode")]
-
-
-def offered_classes(widget: ET.Element, annotated) -> set[str]:
-    """Volume classes a qMRMLNodeComboBox lists once the connector has set nodeTypes from the annotation:
-    the node types themselves, plus their subclasses when showChildNodeTypes (default true) unless hidden."""
-    types_ = node_types(split(annotated)[0])
-    show_children = prop(widget, "showChildNodeTypes")
-    show_children = True if show_children is None else show_children
-    hidden = [getattr(slicer, h) for h in (prop(widget, "hideChildNodeTypes") or [])]
-    offered = set()
-    for cls in VOLUME_CLASSES:
-        if cls in types_ or (show_children and any(issubclass(cls, t) for t in types_)
-                             and not any(issubclass(cls, h) for h in hidden)):
-            offered.add(cls.__name__)
-    return offered
-
-
-def wrapper_reads(t, text: str):
-    """What parameterNodeWrapper's serializers (serializers.py) read from the text a parameter node stores:
-    BoolSerializer is True only for "True"; NumberSerializer calls the type; StringSerializer passes it through."""
-    return text == "True" if t is bool else t(text)
 
 
 def combo_items(widget: ET.Element) -> list[str]:
     """The items a QComboBox lists in the .ui itself (<item><property name="text">)."""
     return [item.find("property/string").text or "" for item in widget.findall("item")]
-
-
-# ----------------------------------------------------------------- tests
-def test_every_bound_widget_has_a_connector_for_its_field_type(fields):
-    widgets = bound_widgets()
-    unknown = set(widgets) - set(fields)
-    assert not unknown, f".ui names parameters the wrapper lacks: {sorted(unknown)}"
-    problems = {name: connector_problem(w.get("class"), fields[name]) for name, w in widgets.items()}
-    problems = {k: v for k, v in problems.items() if v}
-    assert not problems, problems
-
-
-def test_unbound_fields_are_connected_by_hand(fields):
-    """A field without a bound widget (weightsPath: a ctkPathLineEdit has only a pathlib connector) is kept in
-    step with its widget by the module's own code, in both directions."""
-    code = (MODULE / "ECFusionSlicer.py").read_text()
-    for name in set(fields) - set(bound_widgets()):
-        assert f"self._parameterNode.{name} = " in code, f"nothing writes {name} from its widget"
-        assert f"self._parameterNode.{name}" in code.replace(f"self._parameterNode.{name} = ", ""), \
-            f"nothing writes {name} back to its widget"
-    assert 'weightsPathLineEdit.connect("currentPathChanged(QString)"' in code
-
-
-def test_spin_boxes_keep_their_range(fields):
-    """The int/float connectors reset a spin box to (-2**31, 2**31-1) or (-inf, inf) unless the field carries
-    WithinRange (or Minimum and Maximum); the annotation must then give the .ui's own limits."""
-    defaults = {"QSpinBox": (0.0, 99.0), "QDoubleSpinBox": (0.0, 99.99)}  # Qt's defaults when the .ui sets none
-    for name, w in bound_widgets().items():
-        if w.get("class") not in ("QSpinBox", "QDoubleSpinBox", "QSlider", "ctkSliderWidget"):
-            continue
-        _, ann = split(fields[name])
-        rng = first(ann, WithinRange)
-        lo, hi = (rng.minimum, rng.maximum) if rng else (getattr(first(ann, Minimum), "minimum", None),
-                                                          getattr(first(ann, Maximum), "maximum", None))
-        assert lo is not None and hi is not None, f"{name}: the connector would make the range unbounded"
-        ui_lo = prop(w, "minimum")
-        ui_hi = prop(w, "maximum")
-        d_lo, d_hi = defaults.get(w.get("class"), (None, None))
-        assert (lo, hi) == (d_lo if ui_lo is None else ui_lo, d_hi if ui_hi is None else ui_hi), name
-
-
-def test_node_selectors_offer_the_right_volume_classes(fields):
-    widgets = bound_widgets()
-    output = offered_classes(widgets["outputVolume"], fields["outputVolume"])
-    assert {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"} <= output, output  # CT-MRI grey, PET/SPECT RGB
-    assert "vtkMRMLLabelMapVolumeNode" not in output
-    functional = offered_classes(widgets["functionalVolume"], fields["functionalVolume"])
-    assert {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"} <= functional  # RGB PET/SPECT input
-    assert "vtkMRMLLabelMapVolumeNode" not in functional
-    anatomical = offered_classes(widgets["anatomicalVolume"], fields["anatomicalVolume"])
-    assert anatomical == {"vtkMRMLScalarVolumeNode"}, anatomical  # a grey MRI only
-
-
-def test_output_selector_creates_only_what_the_logic_accepts():
-    """'Create new' must not make a node of the wrong class: the None entry (named "Create new volume") is the only
-    way to a new output, and the logic then creates a scalar or vector volume as the result needs."""
-    w = bound_widgets()["outputVolume"]
-    assert prop(w, "addEnabled") is False
-    assert prop(w, "noneEnabled") is True and prop(w, "noneDisplay") == "Create new volume"
-
-
-def test_parameter_node_written_by_the_logic_is_read_by_the_wrapper(fields):
-    """Defaults agree, and the logic reads node references in both the single-type and the Union form."""
-    from ECFusionSlicerLib.logic import LIMITS, PARAMETERS, ECFusionSlicerLogic, node_reference
-
-    wrapper = sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode
-    for name, text in PARAMETERS.items():
-        t, ann = split(fields[name])
-        default = getattr(wrapper, name)
-        assert type(default) is t, f"{name}: default {default!r} is not a {t.__name__}"
-        assert wrapper_reads(t, text) == default, name
-        rng = first(ann, WithinRange)
-        if name in LIMITS:
-            assert (rng.minimum, rng.maximum) == LIMITS[name]
-    scene = slicer.vtkMRMLScene()
-    p = ECFusionSlicerLogic(scene).getParameterNode()
-    vec = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "earlier result")
-    p.SetNodeReferenceID("outputVolume_0", vec.GetID())  # what UnionSerializer writes for the first member type
-    assert node_reference(p, "outputVolume") is vec
-    p.SetNodeReferenceID("anatomicalVolume", vec.GetID())
-    assert node_reference(p, "anatomicalVolume") is vec
 
 
 # ----------------------------------------------------------------- widget behaviour that needs no Qt
@@ -344,19 +171,33 @@ def _fake_app(testing: bool, no_main_window: bool = False):
                                  testingEnabled=lambda: testing, processEvents=lambda: None)
 
 
-def test_testing_mode_never_installs_pytorch_and_the_self_test_reports_a_skip(module, monkeypatch):
-    """Item: without torch the self-test must pass with a "skipped" message (Reload and Test calls runTest()
-    directly, where a skipTest counts as a failure), and PyTorchUtils must not install without asking."""
-    def install(**kwargs):
-        raise AssertionError("PyTorch would be installed without asking")
+def _no_engine(module, monkeypatch, torch_version=None, onnx_backend=True, intel_mac=False):
+    """Pretend torch (at ``torch_version``) and onnxruntime are absent; the versions are what the module reads."""
+    deps = module.dependencies
+    versions = {"torch": torch_version, "onnxruntime": None}
+    monkeypatch.setattr(deps, "installed_version", lambda name: versions.get(name))
+    monkeypatch.setattr(deps, "library_backends", lambda: ("torch", "onnxruntime") if onnx_backend else ("torch",))
+    monkeypatch.setattr(deps, "is_intel_mac", lambda: intel_mac)
+    return versions
 
+
+def _pytorch_utils(monkeypatch, installs):
     pytorch_utils = types.ModuleType("PyTorchUtils")
-    pytorch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(installTorch=install)
+    installed = types.SimpleNamespace(__version__="2.13.0+cpu")  # what installTorch returns: the new torch module
+    pytorch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(
+        installTorch=lambda **kw: installs.append(kw) or installed)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", pytorch_utils)
-    monkeypatch.setattr(module, "torch_available", lambda: False)
+
+
+def test_testing_mode_never_installs_and_the_self_test_reports_a_skip(module, monkeypatch):
+    """Without any inference engine the self-test passes with a "skipped" message (Reload and Test calls
+    runTest() directly, where a skipTest counts as a failure), and nothing is installed without asking."""
+    installs = []
+    _pytorch_utils(monkeypatch, installs)
+    _no_engine(module, monkeypatch)
     monkeypatch.setattr(module.slicer, "app", _fake_app(testing=True), raising=False)
     monkeypatch.setattr(module.slicer, "mrmlScene", types.SimpleNamespace(Clear=lambda: None), raising=False)
-    assert module.ensure_dependencies(interactive=True) is False
+    assert module.ensure_dependencies(interactive=True) is False and not installs
     test = module.ECFusionSlicerTest()
     shown = []
     test.delayDisplay = shown.append
@@ -364,14 +205,42 @@ def test_testing_mode_never_installs_pytorch_and_the_self_test_reports_a_skip(mo
     assert shown and "skipped" in shown[-1]
 
 
-def test_an_old_torch_is_refused_without_a_main_window(module, monkeypatch):
-    import torch
+def test_without_torch_onnxruntime_is_offered_once_and_installed(module, monkeypatch):
+    """An Intel Mac (or any machine) without torch: one question, naming the Mac's limit, then pip installs
+    onnxruntime (pip_ensure on Slicer >= 5.12, pip_install before) and the run goes on; PyTorch is not asked."""
+    versions = _no_engine(module, monkeypatch, intel_mac=True)
+    installs, asked = [], []
+    _pytorch_utils(monkeypatch, installs)
+    monkeypatch.setattr(module.slicer, "app", _fake_app(testing=False), raising=False)
 
-    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
-    monkeypatch.setattr(module.slicer, "app", _fake_app(testing=False, no_main_window=True), raising=False)
-    monkeypatch.setattr(module, "torch_available", lambda: True)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # not even looked at
-    assert module.ensure_dependencies(interactive=True) is False
+    def pip_install(name):
+        installs.append(name)
+        versions["onnxruntime"] = "1.19.2"
+
+    util = types.SimpleNamespace(confirmOkCancelDisplay=lambda text: asked.append(text) or True,
+                                 pip_install=pip_install, errorDisplay=lambda text: pytest.fail(text))
+    monkeypatch.setattr(module.slicer, "util", util, raising=False)
+    monkeypatch.delattr(module.slicer, "packaging", raising=False)
+    assert module.ensure_dependencies(interactive=True) is True
+    assert installs == ["onnxruntime"] and len(asked) == 1
+    assert "Intel build" in asked[0] and "2.2.2" in asked[0] and "ONNX Runtime" in asked[0]
+
+
+def test_an_old_torch_is_never_imported_then_replaced(module, monkeypatch):
+    """torch 2.1 installed, no ONNX Runtime backend in this ECFusionLib: the version is read without importing
+    torch, and PyTorch's own installer is asked (one confirmation, its own) for torch >= 2.2."""
+    _no_engine(module, monkeypatch, torch_version="2.1.2", onnx_backend=False)
+    installs = []
+    _pytorch_utils(monkeypatch, installs)
+    monkeypatch.setattr(module.slicer, "app", _fake_app(testing=False), raising=False)
+    hidden = sys.modules.pop("torch", None)
+    try:
+        assert module.ensure_dependencies(interactive=True) is True
+        assert "torch" not in sys.modules, "the old torch was imported"
+    finally:
+        if hidden is not None:
+            sys.modules["torch"] = hidden
+    assert installs and installs[0]["torchVersionRequirement"] == ">=2.2" and installs[0]["askConfirmation"]
 
 
 # ----------------------------------------------------------------- one vocabulary: the registry
@@ -382,7 +251,7 @@ def test_choice_lists_are_the_registry_vocabularies(fields):
 
     expected = {"task": ["auto", *tasks.TASK_NAMES], "device": list(tasks.DEVICES),
                 "precision": list(tasks.PRECISIONS), "axis": list(tasks.AXES_ANATOMICAL),
-                "registration": list(tasks.REGISTRATION_MODES)}
+                "registration": list(tasks.REGISTRATION_MODES), "backend": ["auto", "torch", "onnxruntime"]}
     wrapper = sys.modules["ECFusionSlicer_under_test"].ECFusionSlicerParameterNode
     with_choice = {name for name, annotated in fields.items() if first(split(annotated)[1], Choice) is not None}
     assert with_choice == set(expected)

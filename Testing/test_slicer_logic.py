@@ -132,6 +132,21 @@ def test_process_pet_writes_rgb_volume_with_provenance(scene, phantom, weights_f
         assert same_snapshot(before[k], snapshot(n)), f"input {k} was modified"
 
 
+def test_a_grey_result_is_never_written_into_a_vector_volume(scene, phantom, weights_file):
+    """IsA("vtkMRMLScalarVolumeNode") is true for a vector (RGB) volume: a CT-MRI (grey) result chosen into an
+    earlier RGB result, or any result into a label map, is refused before anything runs, the node untouched."""
+    nodes = _phantom_nodes(scene, phantom)
+    logic = ECFusionSlicerLogic(scene)
+    rgb = add_volume(scene, np.zeros((4, 4, 4, 3), np.uint8), np.eye(4), "earlier PET result", vector=True)
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    before = snapshot(rgb)
+    for out, task, functional in ((rgb, "CT-MRI", nodes["CT"]), (label, "PET-MRI", nodes["PET"])):
+        with pytest.raises(ECFusionError, match="Create new volume") as err:
+            logic.process(nodes["MRI"], functional, out, task=task, device="cpu", weightsPath=weights_file)
+        assert out.GetClassName() in str(err.value)
+    assert same_snapshot(before, snapshot(rgb))
+
+
 def test_ct_gives_scalar_output_and_task_from_dicom_modality(scene, phantom, weights_file):
     nodes = _phantom_nodes(scene, phantom)
     nodes["CT"].SetName("series 3")
@@ -192,11 +207,14 @@ def test_parameter_node_variant_and_existing_output(scene, phantom, weights_file
     p.SetParameter("precision", "fp32")
     p.SetParameter("weightsPath", weights_file)
     existing = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "my output")
-    p.SetNodeReferenceID("outputVolume", existing.GetID())
+    # Where Slicer's UnionSerializer stores Union[Scalar, Vector, None] holding a vector volume (member 1):
+    # "outputVolume.1" (serializers.py; the widget test runs that code itself).
+    p.SetNodeReferenceID("outputVolume.1", existing.GetID())
+    n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     out = logic.processUsingParameterNode(p)
     assert out is existing and out.GetImageData().GetNumberOfScalarComponents() == 3
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes  # no new node
     assert out.GetAttribute("ECFusion.precision") == "fp32"  # the parameter reached the engine
-    assert p.GetNodeReference("outputVolume") is existing
 
 
 def test_register_before_fusion_creates_an_editable_transform(scene, weights_file):
@@ -324,7 +342,9 @@ def test_cancel_during_the_last_batch_leaves_no_node(scene, phantom, weights_fil
             cancelCheck=lambda: state["done"] == state["total"], statusCallback=phases.append)
     assert state["done"] == state["total"] > 0  # every batch ran, then the cancel was honoured
     assert scene.GetNumberOfNodes() == count
-    assert phases[:2] == ["Loading PyTorch...", "Loading the network..."] and "Writing the result..." not in phases
+    # Each status is shown before its cancel check (showing it lets Qt run a Cancel or a scene close, which the
+    # check then sees): the last one shown is "Writing the result...", and nothing was written.
+    assert phases[:2] == ["Loading PyTorch...", "Loading the network..."] and phases[-1] == "Writing the result..."
 
 
 @pytest.mark.parametrize("stop_at", ["Loading PyTorch...", "Loading the network...", "Resampling...", "Fusing..."])
@@ -472,11 +492,20 @@ def test_the_logic_leaves_the_process_settings_alone(phantom, weights_file):
     assert res.stdout.strip().splitlines()[-1] == "None False"
 
 
-def test_torch_version_requirement():
-    from ECFusionSlicerLib.logic import torch_version_problem
+def test_torch_minimum_and_what_is_offered_without_it():
+    """torch >= 2.2 runs the network (2.2.2 is the last for Slicer's Intel-Mac build); without one, ONNX Runtime
+    is offered where ECFusionLib has it, else PyTorch through the extension; an imported old torch is never
+    replaced in-process."""
+    from ECFusionSlicerLib.dependencies import plan, torch_problem
 
-    assert torch_version_problem("2.13.0+cpu") is None and torch_version_problem("2.6.0") is None
-    assert "needs 2.6" in torch_version_problem("2.5.1+cu121") and torch_version_problem("1.13.1")
+    assert torch_problem("2.2.2") is None and torch_problem("2.13.0+cpu") is None
+    assert "older than 2.2" in torch_problem("2.1.2+cu121") and torch_problem(None) == "PyTorch is not installed"
+    assert plan("2.2.2", None, True, False).backend == "torch"
+    assert plan(None, "1.19.2", True, True).backend == "onnxruntime"
+    mac = plan(None, None, True, True)
+    assert mac.backend is None and mac.install == "onnxruntime" and "Intel build" in mac.message
+    assert "2.2.2" in plan(None, None, True, False).message and plan(None, None, True, False).install == "torch"
+    assert plan("2.1.0", "1.19.2", False, False).backend is None
 
 
 # The logic's own detection rules before issue 12 moved them to ECFusionLib.tasks: the registry must keep them.

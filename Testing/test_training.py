@@ -10,27 +10,7 @@ from ECFusionLib.errors import ECFusionError
 from ECFusionLib.network import ECFusionNet
 from ECFusionLib.training import FusionLoss, PatchSampler, TrainConfig, lr_factor, train
 from ECFusionLib.weights import load_state_dict, save_weights
-
-
-def _tiny_dataset(root, cases=("5", "6"), slices=3, size=128, seed=0):
-    """Blobs in two modalities: PET-like RGB (heat colours) and MRI-like grey, 128x128, layout <root>/PET-MRI/..."""
-    from ECFusionLib.intensity import map_functional
-
-    rng = np.random.default_rng(seed)
-    (root / "PET-MRI" / "PET").mkdir(parents=True)
-    (root / "PET-MRI" / "MRI").mkdir(parents=True)
-    y, x = np.mgrid[0:size, 0:size]
-    for c in cases:
-        for s in range(slices):
-            cy, cx = rng.uniform(40, 88, 2)
-            head = ((y - cy) / 45) ** 2 + ((x - cx) / 38) ** 2 < 1
-            mri = (head * (120 + 60 * np.sin(x / 5.0 + s))).clip(0, 255).astype(np.uint8)
-            pet = head * np.exp(-((y - cy - 10) ** 2 + (x - cx) ** 2) / 200.0) * 10
-            rgb, _, _ = map_functional(pet, "PET", "PET-Heat", 10, 5)
-            name = f"{c}{s:03d}.png"
-            sitk.WriteImage(sitk.GetImageFromArray(mri), str(root / "PET-MRI" / "MRI" / name))
-            sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(root / "PET-MRI" / "PET" / name))
-    return root
+from helpers import run_cli, tiny_pairs as _tiny_dataset
 
 
 def test_loss_falls_in_a_few_steps():
@@ -326,3 +306,90 @@ print(len(pairs), tuple(a.shape))
                        env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["2", "(2,", "1,", "128,", "128)"]
+
+
+# ------------------------------------------------------------------ user mistakes: exit 2, a clear message, no traceback
+TRAIN = ["train", "--epochs", "1", "--batch-size", "2", "--no-upsample", "--steps-per-epoch", "1", "--device", "cpu",
+         "--threads", "1"]
+
+
+def _train_cli(capsys, data, out, *extra, task="PET-MRI"):
+    """``ecfusion train`` with relative paths (the test runs in its temporary folder) on the tiny pairs."""
+    code, text = run_cli(capsys, *TRAIN, "--data", data, "--task", task, "--out", out, "--val-cases", "6", *extra)
+    assert "Traceback" not in text
+    return code, text
+
+
+def test_a_batch_larger_than_the_data_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(tmp_path / "data", slices=2)  # 2 training pairs of 128x128: 2 patches
+    code, text = _train_cli(capsys, "data", "run", "--batch-size", "100000")
+    assert code == 2, text
+    assert "--batch-size 100000 is more than the 2 training patches" in text
+    assert not (tmp_path / "run").exists()  # no run folder, no "best weights" of a random network
+
+
+def test_images_too_small_for_the_network_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(tmp_path / "data", slices=1, size=8)
+    code, text = _train_cli(capsys, "data", "run")
+    assert code == 2, text
+    assert "8x8 pixels: too small" in text and "128x128" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_pairs_of_different_sizes_are_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(tmp_path / "data", cases=("5", "7"), slices=1)
+    _tiny_dataset(tmp_path / "data", cases=("6",), slices=1, size=160, seed=1)
+    code, text = _train_cli(capsys, "data", "run")
+    assert code == 2, text
+    assert "most are 128x128, but 1 differ: PET-MRI/6000 (160x160)" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_packed_data_with_python_objects_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    images = np.zeros((2, 128, 128), np.uint8)
+    np.savez(tmp_path / "evil.npz", **{"PET-MRI/names": np.array(["5000", {"x": 1}], dtype=object),
+                                       "PET-MRI/second": images, "PET-MRI/mri": images})
+    code, text = _train_cli(capsys, "evil.npz", "run")
+    assert code == 2, text
+    assert "evil.npz holds Python objects" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_resumes_only_the_same_task_and_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(tmp_path / "data", slices=2)
+    _tiny_dataset(tmp_path / "data", slices=2, task="CT-MRI")
+    _tiny_dataset(tmp_path / "other", slices=2, seed=5)  # the same names, other images
+    code, text = _train_cli(capsys, "data", "run")
+    assert code == 0, text
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    for data, task, what in (("data", "CT-MRI", "task: PET-MRI (this command: CT-MRI)"),
+                             ("other", "PET-MRI", "training/validation data: other images")):
+        code, text = _train_cli(capsys, data, "run", "--epochs", "2", task=task)
+        assert code == 2, text
+        assert "run holds another training run" in text and what in text and "not resumed" in text
+        assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing changed
+    code, text = _train_cli(capsys, "data", "run", "--epochs", "2")  # the same run resumes
+    assert code == 0, text
+    assert "resumed from" in text
+    assert [r["epoch"] for r in _read_log(tmp_path / "run" / "log.csv")] == ["1", "2"]
+
+
+def test_training_builds_the_architecture_by_name(tmp_path, monkeypatch):
+    """Training goes through the registry (registry.create_model), so another architecture trains too."""
+    import ECFusionLib.training as T
+
+    built = []
+    real = T.create_model
+    monkeypatch.setattr(T, "create_model", lambda name, **kw: built.append(name) or real(name, **kw))
+    data = _tiny_dataset(tmp_path / "data", slices=1)
+    cfg = TrainConfig(data=str(data), task="PET-MRI", out=str(tmp_path / "r"), epochs=1, batch_size=1,
+                      upsample=False, steps_per_epoch=1, all_cases=True, device="cpu", threads=1)
+    assert train(cfg, log=lambda *_: None).is_file() and built == ["ecfusion-v1"]
+    with pytest.raises(ECFusionError, match="unknown network architecture 'nope'"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2"), "architecture": "nope"}), log=lambda *_: None)
+    assert not (tmp_path / "r2").exists()

@@ -8,7 +8,6 @@ catalogue.json (task, architecture, file SHA-256, tensor SHA-256), by name: "<ar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,9 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ECFusionLib.tasks import check_task  # noqa: E402
-from ECFusionLib.safe_files import write_text_atomic  # noqa: E402
-from ECFusionLib.weights import (CATALOGUE, WEIGHTS_DIR, models, read_weights, read_weights_file, sha256,  # noqa: E402
-                                 write_weights_file)
+from ECFusionLib.weights import (WEIGHTS_DIR, read_catalogue, read_weights, read_weights_file, sha256,  # noqa: E402
+                                 write_catalogue, write_weights_file)
 
 
 def main(argv=None) -> int:
@@ -37,16 +35,13 @@ def main(argv=None) -> int:
     name = args.name or f"{wf.architecture}.{task.lower()}"
     target = WEIGHTS_DIR / f"{name}.npz"
     write_weights_file(target, wf.architecture, wf.config, wf.arrays, wf.meta)  # with the tensor checksum inside
-    cat = json.loads(CATALOGUE.read_text()) if CATALOGUE.is_file() else {}
-    cat = {"defaults": {}, "models": {k: {x: y for x, y in e.items() if x != "name"} for k, e in models().items()},
-           **({"defaults": cat["defaults"]} if "defaults" in cat else {})}
+    cat = read_catalogue()
     cat["models"][name] = {"task": task, "architecture": wf.architecture, "file": target.name,
                            "sha256": sha256(target), "tensor_sha256": read_weights_file(target).tensor_sha256,
                            "epoch": wf.meta.get("epoch"), "description": args.description}
     if args.default or task not in cat["defaults"]:
         cat["defaults"][task] = name
-    cat = {"defaults": dict(sorted(cat["defaults"].items())), "models": dict(sorted(cat["models"].items()))}
-    write_text_atomic(CATALOGUE, json.dumps(cat, indent=2) + "\n")
+    write_catalogue(cat["models"], cat["defaults"], cat["graphs"])
     print(f"{name} ({task}): {target.name} sha256 {cat['models'][name]['sha256']}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from typing import Callable
 
 import slicer
@@ -26,11 +25,11 @@ import vtk
 # Nothing here tunes the process (OpenMP wait policy, allocator): inside Slicer the process is the application's.
 # That is ECFusionLib.runtime.tune_cpu(), which only the command line calls.
 from ECFusionLib.errors import CancelledError, ECFusionError
-from ECFusionLib.runtime import TORCH_MINIMUM
 from ECFusionLib.tasks import (AXES_ANATOMICAL, DEVICES, PRECISIONS, REGISTRATION_MODES, TASK_NAMES, TASK_SPECS,
                                check_choice, check_task, detect_task, task_spec)
 
 from . import mrml_volumes as mv
+from .dependencies import BACKENDS, DEFAULT_BACKEND, backend_settings, resolve_backend
 
 MODULE_NAME = "ECFusionSlicer"
 ATTRIBUTE_PREFIX = "ECFusion."
@@ -38,7 +37,7 @@ AUTO_TASK = "auto"  # the task choice that means "detect it" (detectTask)
 # The choices of the text settings, from ECFusionLib's registry (first = default); the widget's Choice lists
 # read these, so a task or device added there appears in the panel.
 CHOICES = {"task": (AUTO_TASK, *TASK_NAMES), "device": DEVICES, "precision": PRECISIONS, "axis": AXES_ANATOMICAL,
-           "registration": REGISTRATION_MODES}
+           "registration": REGISTRATION_MODES, "backend": BACKENDS}
 # The settings a parameter node holds, with their defaults (the widget's parameterNodeWrapper has the same names,
 # types and defaults). keepSalient: the keep-salient rule (ECFusionLib.salient) after the network.
 DEFAULTS = {**{name: options[0] for name, options in CHOICES.items()}, "batchSize": 0,
@@ -59,29 +58,47 @@ LIMITS = {"batchSize": (0, 256), "ctWindow": (1.0, 10000.0), "ctLevel": (-2000.0
 StatusCallback = Callable[[str], None]
 
 
-def torch_version_problem(version: str) -> str | None:
-    """None if ``version`` (torch.__version__, e.g. "2.13.0+cpu") is at least TORCH_MINIMUM, else what is wrong."""
-    numbers = re.findall(r"\d+", version.split("+")[0])[:2]
-    found = tuple(int(n) for n in numbers) if len(numbers) == 2 else (0, 0)
-    if found >= TORCH_MINIMUM:
-        return None
-    need = ".".join(map(str, TORCH_MINIMUM))
-    return f"PyTorch {version} is installed but ECFusion needs {need} or newer: update it (PyTorch extension or pip)"
+NODE_ROLES = ("anatomicalVolume", "functionalVolume", "outputVolume", "registrationTransform")
 
 
 def node_reference(parameterNode, role: str):
-    """The node a parameter node refers to under ``role``, also when the widget's parameterNodeWrapper stored it.
+    """The node a raw parameter node (vtkMRMLScriptedModuleNode) refers to under ``role``, as the widget's
+    parameterNodeWrapper stored it.
 
-    parameterNodeWrapper's UnionSerializer (Base/Python/slicer/parameterNodeWrapper/serializers.py) writes a
-    ``Union[...]`` field under ``f"{name}_{index}"`` of the member type that accepted the value; a single node
-    type is stored under ``name`` itself (NodeSerializer).
+    A single node type is stored under ``role`` itself (NodeSerializer); a ``Union[...]`` field (outputVolume)
+    under ``f"{role}.{index}"`` of the member type that accepted the node (UnionSerializer._paramName in
+    Base/Python/slicer/parameterNodeWrapper/serializers.py, the same in Slicer 5.8.1, 5.10.0, 5.12.3 and the
+    preview; checked by Testing/test_slicer_widget_on_slicer_source.py on that code).
     """
     node = parameterNode.GetNodeReference(role)
     for index in range(4):
         if node is not None:
             return node
-        node = parameterNode.GetNodeReference(f"{role}_{index}")
+        node = parameterNode.GetNodeReference(f"{role}.{index}")
     return node
+
+
+def parameter_values(parameterNode) -> dict:
+    """The inputs and settings of a parameter node: {name: value} for NODE_ROLES (node or None) and every name
+    of DEFAULTS (typed like its default).
+
+    ``parameterNode`` is the widget's parameterNodeWrapper instance (read through its own attributes, so the
+    wrapper's serializers decide the keys) or a raw vtkMRMLScriptedModuleNode (text parameters, as
+    ``getParameterNode`` and the wrapper write them).
+    """
+    if hasattr(parameterNode, "allParameters"):  # a parameterNodeWrapper instance
+        return {name: getattr(parameterNode, name) for name in (*NODE_ROLES, *DEFAULTS)}
+    values = {role: node_reference(parameterNode, role) for role in NODE_ROLES}
+    for name, default in DEFAULTS.items():
+        text = parameterNode.GetParameter(name)
+        if text in ("", None):
+            values[name] = default
+        elif isinstance(default, bool):
+            values[name] = text == parameter_text(True)
+        else:
+            values[name] = text if isinstance(default, str) else check_number(name, text,
+                                                                                integer=isinstance(default, int))
+    return values
 
 
 def first_anatomical_candidate(scene):
@@ -112,6 +129,24 @@ def check_number(name: str, value, *, integer: bool = False, limits: tuple | Non
     return int(number) if integer else number
 
 
+def output_class(task: str) -> str:
+    """The MRML class of ``task``'s result: an RGB vector volume (PET/SPECT colour kept) or a grey scalar one."""
+    return "vtkMRMLVectorVolumeNode" if task_spec(task).keep_colour else "vtkMRMLScalarVolumeNode"
+
+
+def check_output_class(outputNode, task: str, cls: str | None = None) -> None:
+    """ECFusionError unless ``outputNode`` (None: a new node) is exactly of class ``cls`` (default: the task's).
+
+    Compared by class name: ``IsA("vtkMRMLScalarVolumeNode")`` is also true for a vector volume, which must not
+    receive a grey result (nor a label map any result)."""
+    cls = cls or output_class(task)
+    if outputNode is None or outputNode.GetClassName() == cls:
+        return
+    kind = "an RGB vector volume" if cls == "vtkMRMLVectorVolumeNode" else "a grey scalar volume"
+    raise ECFusionError(f"the output volume '{outputNode.GetName()}' is a {outputNode.GetClassName()}, but the "
+                        f"{task} result is {kind}: choose 'Create new volume' or an earlier {task} result")
+
+
 class ECFusionSlicerLogic:
     """Fusion of MRML volumes; safe to construct anywhere (imports torch only when a run starts)."""
 
@@ -140,36 +175,32 @@ class ECFusionSlicerLogic:
 
     def processUsingParameterNode(self, parameterNode=None, progressCallback=None, cancelCheck=None,
                                   statusCallback: StatusCallback | None = None):
-        """Run ``process`` with the inputs and settings stored in a parameter node.
+        """Run ``process`` with the inputs and settings stored in a parameter node: the widget's
+        parameterNodeWrapper instance or a raw vtkMRMLScriptedModuleNode (``parameter_values``).
 
         Node references: anatomicalVolume, functionalVolume, outputVolume (optional: empty = a new volume on every
         run, so a previous result is never overwritten unless it is chosen) and registrationTransform (optional;
         set when a registration created one). The widget's parameterNodeWrapper and this logic share the node.
         """
         p = parameterNode or self.getParameterNode()
-
-        def param(name):
-            value = p.GetParameter(name)
-            return value if value not in ("", None) else PARAMETERS.get(name, "")
-
-        anatomical = node_reference(p, "anatomicalVolume")
-        functional = node_reference(p, "functionalVolume")
-        if anatomical is None or functional is None:
+        v = parameter_values(p)
+        if v["anatomicalVolume"] is None or v["functionalVolume"] is None:
             raise ECFusionError("select both an anatomical (MRI) and a functional (CT/PET/SPECT) volume")
-        task = param("task")
-        batch = check_number("batchSize", param("batchSize"), integer=True)
-        output = self.process(anatomical, functional, node_reference(p, "outputVolume"),
-                              task=None if task == AUTO_TASK else task, device=param("device"),
-                              precision=param("precision"), axis=param("axis"),
-                              batchSize=batch or None, ctWindow=check_number("ctWindow", param("ctWindow")),
-                              ctLevel=check_number("ctLevel", param("ctLevel")),
-                              weightsPath=p.GetParameter("weightsPath") or None, registration=param("registration"),
-                              keepSalient=param("keepSalient") == parameter_text(True),
-                              registrationTransformNode=node_reference(p, "registrationTransform"),
+        batch = check_number("batchSize", v["batchSize"], integer=True)
+        output = self.process(v["anatomicalVolume"], v["functionalVolume"], v["outputVolume"],
+                              task=None if v["task"] == AUTO_TASK else v["task"], device=v["device"],
+                              precision=v["precision"], axis=v["axis"], batchSize=batch or None,
+                              ctWindow=check_number("ctWindow", v["ctWindow"]),
+                              ctLevel=check_number("ctLevel", v["ctLevel"]), weightsPath=v["weightsPath"] or None,
+                              registration=v["registration"], keepSalient=bool(v["keepSalient"]),
+                              registrationTransformNode=v["registrationTransform"], backend=v["backend"],
                               progressCallback=progressCallback, cancelCheck=cancelCheck, statusCallback=statusCallback)
         tx_id = output.GetAttribute(ATTRIBUTE_PREFIX + "registration_transform")
-        if tx_id and node_reference(p, "registrationTransform") is None:
-            p.SetNodeReferenceID("registrationTransform", tx_id)
+        if tx_id and v["registrationTransform"] is None:
+            if hasattr(p, "allParameters"):
+                p.registrationTransform = self.scene.GetNodeByID(tx_id)
+            else:
+                p.SetNodeReferenceID("registrationTransform", tx_id)
         return output
 
     # ------------------------------------------------------------ task
@@ -200,7 +231,7 @@ class ECFusionSlicerLogic:
                 axis: str = DEFAULTS["axis"], batchSize: int | None = None, ctWindow: float | None = None,
                 ctLevel: float | None = None, weightsPath: str | None = None,
                 registration: str = DEFAULTS["registration"], registrationTransformNode=None,
-                keepSalient: bool = DEFAULTS["keepSalient"],
+                keepSalient: bool = DEFAULTS["keepSalient"], backend: str = DEFAULT_BACKEND,
                 progressCallback: Callable[[int, int], None] | None = None,
                 cancelCheck: Callable[[], bool] | None = None, statusCallback: StatusCallback | None = None):
         """Fuse ``functionalNode`` (CT, PET or SPECT; scalar or RGB) into ``anatomicalNode``'s grid.
@@ -221,14 +252,19 @@ class ECFusionSlicerLogic:
         Raises ECFusionError (bad input) or ECFusionLib's errors (weights, cancel); the scene is then unchanged.
         """
         def phase(text):
-            if cancelCheck is not None and cancelCheck():
-                raise CancelledError("cancelled by the user; the scene is unchanged")
+            # The status first: showing it lets Qt run (a Cancel click, a scene close), and the check after it
+            # sees what happened meanwhile. Checked the other way round, a scene closed while "Writing the
+            # result..." was shown still received the output.
             if text and statusCallback is not None:
                 statusCallback(text)
+            if cancelCheck is not None and cancelCheck():
+                raise CancelledError("cancelled by the user; the scene is unchanged")
 
         phase("")
         self._check_inputs(anatomicalNode, functionalNode, outputNode)
         task = check_task(task) if task else self.detectTask(functionalNode)
+        check_output_class(outputNode, task)
+        backend = resolve_backend(backend)
         check_choice(registration, REGISTRATION_MODES, "registration")
         if batchSize is not None:
             batchSize = check_number("batchSize", batchSize, integer=True) or None  # 0: automatic
@@ -239,14 +275,17 @@ class ECFusionSlicerLogic:
         if level is not None:
             level = check_number("level", level, limits=(-math.inf, math.inf))
 
-        phase("Loading PyTorch...")
+        phase("Loading PyTorch..." if backend == "torch" else f"Loading {backend}...")
         import SimpleITK as sitk
 
         from ECFusionLib.fusion import FusionSettings, fuse_images
-        from ECFusionLib.weights import load_model
 
         phase("Loading the network...")
-        model, weights_info = load_model(task, weightsPath)
+        model, weights_info = None, None  # other backends: fuse_images loads the network for itself
+        if backend == "torch":
+            from ECFusionLib.weights import load_model
+
+            model, weights_info = load_model(task, weightsPath)
         phase(f"Registering ({registration})..." if registration != "none" else "")
         reg_ras = self._registration_matrix(anatomicalNode, functionalNode, registration, registrationTransformNode,
                                             cancelCheck)
@@ -260,7 +299,7 @@ class ECFusionSlicerLogic:
         moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
         settings = FusionSettings(task=task, device=device, precision=precision, batch_size=batchSize, axis=axis,
                                   ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath,
-                                  keep_salient=bool(keepSalient))
+                                  keep_salient=bool(keepSalient), **backend_settings(backend))
         colour_info = {}
         if task_spec(task).keep_colour and not is_rgb:  # a scalar PET/SPECT: coloured as displayed
             second_arr, colour_info = self._functional_rgb(functionalNode, moved, colorNodeID, window, level)
@@ -279,6 +318,9 @@ class ECFusionSlicerLogic:
         result = fuse_images(images[0], images[1], settings, model=model, weights_info=weights_info,
                              progress=progressCallback, cancel=cancelCheck)
         phase("Writing the result...")  # a cancel during the last batch still leaves the scene unchanged
+        for node in (anatomicalNode, functionalNode, outputNode):
+            if node is not None and node.GetScene() is not self.scene:  # closed without a cancel check noticing
+                raise CancelledError("the scene was closed during the run; nothing was written")
         if result.metadata["alignment"]["misaligned"] and reg_ras is None:
             logging.warning("ECFusion: %s and %s look misaligned (head containment %.2f): consider 'Register before fusion'",
                             anatomicalNode.GetName(), functionalNode.GetName(), result.metadata["alignment"]["containment"])
@@ -370,9 +412,7 @@ class ECFusionSlicerLogic:
         arr = sitk.GetArrayFromImage(result.image)
         rgb = arr.ndim == 4
         cls = "vtkMRMLVectorVolumeNode" if rgb else "vtkMRMLScalarVolumeNode"
-        if outputNode is not None and not outputNode.IsA(cls):
-            raise ECFusionError(f"the output volume must be a {cls} for {task} (an RGB result)" if rgb
-                                else f"the output volume must be a scalar volume for {task}")
+        check_output_class(outputNode, task, cls)
         name = f"{anatomicalNode.GetName()} + {functionalNode.GetName()} (ECFusion)"
         node = outputNode or self.scene.AddNewNodeByClass(cls, self.scene.GenerateUniqueName(name))
         world = mv.world_ijk_to_ras(anatomicalNode)
