@@ -106,6 +106,10 @@ def cmd_batch(args) -> int:
         from .weights import model_entry
 
         model_entry(args.model)  # an unknown name: say so once, before anything runs
+    if weights:
+        from .weights import check_weights_file
+
+        check_weights_file(Path(weights))  # a folder, a safetensors file: said once, not once per row
     from .backends import resolve_backend
 
     resolve_backend(args.backend)  # not installed: say so once

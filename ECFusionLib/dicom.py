@@ -20,9 +20,9 @@ TAGS = {"modality": "0008|0060", "description": "0008|103e", "series_uid": "0020
         "position": "0020|0032", "orientation": "0020|0037", "units": "0054|1001"}
 SPACING_TOLERANCE = (0.01, 0.01)  # slice spacings may differ by 0.01 mm + 1 % (rounded positions)
 TILT_TOLERANCE_DEG = 0.1
-CHARSET = "0008|0005"
+CHARSET = "0008|0005"  # Specific Character Set: how the file's text is encoded
 SOP_INSTANCE = "0008|0018"
-RESCALE = ("0028|1052", "0028|1053")  # intercept, slope  # Specific Character Set: how the file's text is encoded
+RESCALE = ("0028|1052", "0028|1053")  # intercept, slope
 
 
 @dataclass
@@ -70,8 +70,8 @@ def dicom_text(value: str, charset: str = "") -> str:
     """A DICOM string as SimpleITK returns it, decoded by its Specific Character Set (0008,0005).
 
     GDCM hands over the file's bytes: SimpleITK decodes them as UTF-8 with "surrogateescape", so Latin-1
-    (ISO_IR 100, e.g. "M\\xfcller" in Latin-1) arrives with lone surrogates that cannot be stored again, and ISO 2022 text keeps
-    its escape sequences. The bytes are recovered and decoded as DICOM says (pydicom's rules, including ISO 2022
+    (ISO_IR 100, e.g. "M\\xfcller") arrives with lone surrogates that cannot be stored again, and ISO 2022 text
+    keeps its escape sequences. The bytes are recovered and decoded as DICOM says (pydicom's rules, including ISO 2022
     code extensions); undecodable bytes become U+FFFD rather than an error.
     """
     raw = value.encode("utf-8", "surrogateescape")

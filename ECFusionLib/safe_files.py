@@ -5,8 +5,10 @@
     refuse_overwriting_inputs(output, [mri, pet])                        # before any work
 
 Every write goes to a temporary name in the target's folder (``.NAME.ecfusion-partial-PID-RANDOM.EXT``), is
-given the mode a plain ``open()`` would give (``0666 & ~umask``; ``mkstemp`` alone gives 0600), and is renamed
-into place with ``os.replace`` (atomic on one file system). On any error -- disk full, Ctrl-C, SIGTERM (see
+given the mode a plain ``open()`` would give (``0666 & ~umask``; ``mkstemp`` alone gives 0600), flushed to the
+disk (``fsync``), and renamed into place with ``os.replace`` (atomic on one file system). Writers check what they
+wrote before that (images: ``volume_io.verify_written``; text: ``write_text_verified``): a writer that fails
+without a word (ITK's NIfTI writer on a full disk) never replaces the previous file. On any error -- disk full, Ctrl-C, SIGTERM (see
 ``install_sigterm_handler``) -- the temporaries are removed and the target is untouched. Only SIGKILL or a
 power cut can leave a temporary behind; its name carries the writer's process id, and the next write into
 that folder removes temporaries whose process is gone (``remove_stale_temporaries``).
@@ -181,7 +183,8 @@ LOW_SPACE = 64 << 20  # bytes: below this, a failed write is most likely a full 
 
 
 def disk_full_hint(path: str | Path) -> str:
-    """" (the disk is probably full: N MB free ...)" when ``path``'s file system has little room left, else ""."""
+    """A note for a failed write, "(the disk is probably full: N MB free ...)", when ``path``'s file system has
+    little room left (< ``LOW_SPACE``); else "". """
     folder = Path(path).parent if str(Path(path).parent) else Path(".")
     try:
         free = shutil.disk_usage(folder).free
@@ -209,7 +212,8 @@ def _sync(tmp: Path) -> None:
 
 
 def write_text_verified(tmp: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``tmp`` and read it back: ECFusionError unless every byte arrived."""
+    """Write ``text`` (UTF-8) to ``tmp`` and read it back: OSError (EIO) unless every byte arrived (the caller,
+    ``atomic_write_group``, turns it into "cannot write ...; nothing was written")."""
     Path(tmp).write_text(text, encoding="utf-8")
     if Path(tmp).read_bytes() != text.encode("utf-8"):
         raise OSError(errno.EIO, "the file does not read back as written (is the disk full?)")

@@ -173,16 +173,18 @@ def verify_written(tmp: str | Path, img: sitk.Image, target: str | Path) -> None
                 raise fail("does not read back as the image written")
     except RuntimeError as exc:
         raise fail(f"cannot be read back ({_read_error(exc, tmp)})") from exc
-    def squeeze(dims) -> tuple:  # (x, y, 1) is one 2D slice, as PNG stores it
-        dims = list(dims)
-        while len(dims) > 2 and dims[-1] == 1:
-            dims.pop()
-        return tuple(dims)
-
-    expected = squeeze(img.GetSize())
-    if squeeze(size) != expected or ncomp != img.GetNumberOfComponentsPerPixel():
+    expected = _squeeze(img.GetSize())
+    if _squeeze(size) != expected or ncomp != img.GetNumberOfComponentsPerPixel():
         raise fail(f"reads back as {'x'.join(map(str, size))} voxels of {ncomp} components instead of "
                    f"{'x'.join(map(str, expected))} of {img.GetNumberOfComponentsPerPixel()}")
+
+
+def _squeeze(dims) -> tuple:
+    """A size without trailing 1s beyond two axes: (x, y, 1) is one 2D slice, as PNG stores it."""
+    dims = list(dims)
+    while len(dims) > 2 and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
 
 
 def sidecar_path(output: str | Path) -> Path | None:

@@ -368,6 +368,13 @@ def test_weights_that_are_not_a_weights_file(capsys, workdir, case, expect):
     assert code == 3 and expect in text and "Traceback" not in text and "not found" not in text, text
 
 
+def test_batch_weights_folder_is_refused_once_before_any_work(capsys, cohort):
+    Path("cohort.csv").write_text("id,anatomical,functional,task\nsub-01,sub-01/mri.nrrd,sub-01/pet.nrrd,PET-MRI\n")
+    Path("models").mkdir()
+    code, text = run(capsys, "batch", "cohort.csv", "--output-dir", "fused/", "--weights", "models", "--quiet")
+    assert code == 3 and text.count("is a folder; give the weights file itself") == 1 and not Path("fused").exists()
+
+
 def test_process_substitution_says_it_must_be_a_regular_file(workdir):
     """``--anatomical <(cat mri.nrrd)`` in bash: the path is a pipe (/dev/fd/N)."""
     import sys
