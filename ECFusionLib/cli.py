@@ -221,11 +221,9 @@ def cmd_fuse(args) -> int:
 def cmd_register(args) -> int:
     import time
 
-    import SimpleITK as sitk
-
     from .registration import alignment_check, register
     from .geometry import resample_onto
-    from .volume_io import read_image
+    from .volume_io import read_image, write_transform_verified
 
     from .safe_files import atomic_write, refuse_overwriting_inputs
 
@@ -242,7 +240,7 @@ def cmd_register(args) -> int:
     before = alignment_check(anatomical, resample_onto(second, anatomical))
     tx = register(anatomical, second, args.mode, args.init, progress=lambda m: print(m, file=sys.stderr))
     after = alignment_check(anatomical, resample_onto(second, anatomical, tx))
-    atomic_write(out, lambda tmp: sitk.WriteTransform(tx, tmp))
+    atomic_write(out, lambda tmp: write_transform_verified(tx, tmp))
     print(f"wrote {out} ({args.mode}, {time.time() - t0:.1f} s); head containment {before.containment:.3f} -> "
           f"{after.containment:.3f}, mask Dice {before.dice:.3f} -> {after.dice:.3f}, "
           f"normalised MI {before.nmi:.3f} -> {after.nmi:.3f}")

@@ -4,6 +4,7 @@ Supported: NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), MetaImage (.mha/.mhd) volum
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -177,6 +178,20 @@ def verify_written(tmp: str | Path, img: sitk.Image, target: str | Path) -> None
     if _squeeze(size) != expected or ncomp != img.GetNumberOfComponentsPerPixel():
         raise fail(f"reads back as {'x'.join(map(str, size))} voxels of {ncomp} components instead of "
                    f"{'x'.join(map(str, expected))} of {img.GetNumberOfComponentsPerPixel()}")
+
+
+def write_transform_verified(transform: sitk.Transform, tmp: str | Path) -> None:
+    """``sitk.WriteTransform`` to ``tmp``, then read back: OSError (EIO) unless the same parameters return (ITK's
+    transform writers, like its NIfTI writer, can leave a cut-off file on a full disk without an error)."""
+    sitk.WriteTransform(transform, str(tmp))
+    try:
+        back = sitk.ReadTransform(str(tmp))
+        same = np.allclose(back.GetParameters(), transform.GetParameters()) and \
+            np.allclose(back.GetFixedParameters(), transform.GetFixedParameters())
+    except RuntimeError:
+        same = False
+    if not same:
+        raise OSError(errno.EIO, "the transform file does not read back as written (is the disk full?)")
 
 
 def _squeeze(dims) -> tuple:

@@ -391,3 +391,17 @@ def test_process_substitution_says_it_must_be_a_regular_file(workdir):
     assert res.returncode == 2, res.stderr
     assert "is a pipe (e.g. from process substitution <(...)), not a regular file" in res.stderr
     assert "Save it to a file first" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_register_on_a_full_disk_keeps_the_previous_transform(capsys, small_disk, phantom_files):
+    for name in ("MRI", "PET"):
+        shutil.copy(phantom_files[name], f"{name.lower()}.nrrd")
+    argv = ["register", "--anatomical", "mri.nrrd", "--functional", "pet.nrrd", "--output", "pet_to_mri.tfm"]
+    code, text = run(capsys, *argv)
+    assert code == 0, text
+    before = file_digest("pet_to_mri.tfm")
+    fill_disk(small_disk, 0)
+    code, text = run(capsys, *argv)
+    assert code == 2 and "cannot write pet_to_mri.tfm" in text and "nothing was written" in text, text
+    assert file_digest("pet_to_mri.tfm") == before and sorted(p.name for p in small_disk.iterdir()) == [
+        "filler", "mri.nrrd", "pet.nrrd", "pet_to_mri.tfm"]
