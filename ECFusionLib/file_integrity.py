@@ -38,15 +38,16 @@ MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2
                   "MET_DOUBLE": 8}
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+def full_suffix(path: str | Path) -> str:
+    """The lower-case suffix that names a format: ".nii.gz" for gzipped NIfTI, else the last one (".nrrd")."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def check_complete(path: str | Path, what: str = "image") -> None:
     """ECFusionError if ``path`` (NIfTI, NRRD or MetaImage) holds less voxel data than its header describes."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = full_suffix(path)
     try:
         if suffix == ".nii":
             _check_nifti(path, what)

@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 from .errors import ECFusionError
+from .file_integrity import full_suffix
 
 DESCRIPTIONS = {
     "empty": "empty (0 bytes)", "png": "a PNG image", "jpeg": "a JPEG image", "gif": "a GIF image",
@@ -25,11 +26,6 @@ EXPECTED = {".nii": {"nifti"}, ".nii.gz": {"gzip", "nifti"}, ".nrrd": {"nrrd"}, 
             ".mha": {"metaimage"}, ".mhd": {"metaimage"}, ".png": {"png"}}
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "nrrd": ".nrrd", "nifti": ".nii", "gzip": ".gz", "dicom": ".dcm",
              "metaimage": ".mha"}
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def sniff(path: str | Path) -> str | None:
@@ -89,10 +85,10 @@ def check_kind(path: str | Path, what: str) -> None:
     if kind == "empty":
         raise ECFusionError(f"{what} {path} is empty (0 bytes): the copy or download did not finish, or this is "
                             "not the file you meant; copy it again")
-    expected = EXPECTED.get(_suffix(path))
+    expected = EXPECTED.get(full_suffix(path))
     if kind is None or expected is None or kind in expected:
         return
     better = SUFFIX_OF.get(kind)
-    rename = f"; if so, rename it to {path.name[: -len(_suffix(path))] + better}" if better else ""
-    raise ECFusionError(f"{what} {path} is {describe(kind)}, not the {_suffix(path)} its name says: it was "
+    rename = f"; if so, rename it to {path.name[: -len(full_suffix(path))] + better}" if better else ""
+    raise ECFusionError(f"{what} {path} is {describe(kind)}, not the {full_suffix(path)} its name says: it was "
                         f"probably renamed or saved under the wrong name{rename}")

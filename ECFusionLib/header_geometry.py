@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ECFusionError
+from .file_integrity import full_suffix
 
 # NIfTI-1 / NIfTI-2 byte layouts: (endian-free struct format, offset)
 _N1 = {"dim": ("8h", 40), "pixdim": ("8f", 76), "codes": ("2h", 252), "quatern": ("6f", 256), "srow": ("12f", 280)}
@@ -27,13 +28,8 @@ QUATERN = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qof
 SROW = tuple(f"srow_{axis}[{k}]" for axis in "xyz" for k in range(4))
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def _nifti_header(path: Path) -> bytes:
-    if _suffix(path) == ".nii.gz":
+    if full_suffix(path) == ".nii.gz":
         with gzip.open(path, "rb") as fh:
             return fh.read(540)
     with open(path, "rb") as fh:
@@ -53,9 +49,9 @@ def check_header_geometry(path: str | Path, what: str = "image") -> None:
     """ECFusionError for a NIfTI, NRRD or MetaImage header whose voxel sizes or orientation cannot be right (see
     module docstring)."""
     path = Path(path)
-    if _suffix(path) in (".nrrd", ".nhdr", ".mha", ".mhd"):
+    if full_suffix(path) in (".nrrd", ".nhdr", ".mha", ".mhd"):
         _check_text_header(path, what)
-    if _suffix(path) not in (".nii", ".nii.gz"):
+    if full_suffix(path) not in (".nii", ".nii.gz"):
         return
     try:
         fields = nifti_fields(_nifti_header(path))
@@ -93,7 +89,7 @@ def _check_text_header(path: Path, what: str) -> None:
     non-spatial NRRD axes are allowed where the format allows them."""
     from .file_integrity import _read_text_header
 
-    sep = ":" if _suffix(path) in (".nrrd", ".nhdr") else "="
+    sep = ":" if full_suffix(path) in (".nrrd", ".nhdr") else "="
     stop = (lambda line: line == "") if sep == ":" else (lambda line: line.replace(" ", "").lower().startswith("elementdatafile="))
     try:
         lines, _ = _read_text_header(path, stop)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from .dicom import is_dicom, read_dicom
 from .errors import ECFusionError
-from .file_integrity import check_complete
+from .file_integrity import check_complete, full_suffix
 from .file_kind import check_kind, not_a_regular_file
 from .header_geometry import check_header_geometry, check_image_geometry
 from .nifti_rgb import write_rgb24_nifti
@@ -26,11 +26,6 @@ IMAGE_SUFFIXES = VOLUME_SUFFIXES + (".png",)
 # single-file formats only: a header + data pair (.nhdr/.mhd) cannot be renamed into place atomically
 OUTPUT_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".png")
 SIDECAR_SUFFIXES = (".nii", ".nii.gz", ".png")  # formats without key-value metadata: OUTPUT.json beside them
-
-
-def full_suffix(path: str | Path) -> str:
-    name = Path(path).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def read_image(path: str | Path, *, allow_rgb: bool = False, what: str = "image") -> sitk.Image:
