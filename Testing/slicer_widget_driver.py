@@ -270,7 +270,56 @@ def ctest_without_an_inference_backend():
                 sys.modules[name] = mod
 
 
-SCENARIOS = {f.__name__: f for f in (ctest_without_an_inference_backend, every_widget_is_bound,
+def intel_mac_without_torch_ends_in_a_fused_volume():
+    """Slicer's Intel build on a Mac, no PyTorch, no ONNX Runtime yet: the first Apply asks one question (it names
+    the Mac's PyTorch 2.2.2 limit and offers ONNX Runtime), installs onnxruntime with Slicer's pip, and ends in a
+    fused volume made with ONNX Runtime; PyTorch is never installed nor imported."""
+    import platform
+
+    hidden = {name: sys.modules.get(name) for name in ("torch", "onnxruntime")}
+    saved = platform.system, platform.machine
+    sys.modules.update(dict.fromkeys(hidden))
+    platform.system, platform.machine = (lambda: "Darwin"), (lambda: "x86_64")
+    try:
+        s = Session()
+        s.slicer.app.testing = False  # a user's session: dialogs are shown
+        asked, installed = [], []
+        s.slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: asked.append(text) or True
+        s.slicer.util.errorDisplay = lambda text, *a, **k: asked.append("ERROR " + text)
+
+        def pip_install(requirements, *a, **k):  # Slicer's pip: here the package is already on disk
+            installed.append(requirements)
+            if hidden["onnxruntime"] is None:
+                sys.modules.pop("onnxruntime", None)
+            else:
+                sys.modules["onnxruntime"] = hidden["onnxruntime"]
+
+        s.slicer.util.pip_install = pip_install
+        if hasattr(s.slicer, "packaging"):
+            s.slicer.packaging.pip_ensure = lambda reqs, *a, **k: pip_install(" ".join(reqs))
+        sys.modules["PyTorchUtils"] = None  # no PyTorch extension either
+        s.enter()
+        s.choose_inputs()
+        s.apply()
+        log = s.widget.ui.statusLabel.plainText
+        check(len(asked) == 1 and "2.2.2" in asked[0] and "ONNX Runtime" in asked[0], f"questions: {asked}")
+        check(installed == ["onnxruntime"], f"installed: {installed}")
+        fused = [n for n in s.volumes() if n.GetAttribute("ECFusion.task")]
+        check(len(fused) == 1 and fused[0].GetAttribute("ECFusion.backend") == "onnxruntime",
+              f"no volume fused with ONNX Runtime; log: {log}")
+        check(sys.modules.get("torch") is None, "torch was imported")
+    finally:
+        platform.system, platform.machine = saved
+        sys.modules.pop("PyTorchUtils", None)
+        for name, mod in hidden.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+
+
+SCENARIOS = {f.__name__: f for f in (ctest_without_an_inference_backend,
+                                     intel_mac_without_torch_ends_in_a_fused_volume, every_widget_is_bound,
                                      reentering_keeps_the_choices, earlier_result_receives_the_output,
                                      scene_close_during_a_run, reload_replaces_widget_and_library)}
 

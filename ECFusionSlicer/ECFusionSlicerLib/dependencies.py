@@ -24,11 +24,10 @@ import platform
 import re
 import sys
 
-from ECFusionLib.errors import ECFusionError
 from ECFusionLib.runtime import TORCH_MINIMUM_NETWORK
+from ECFusionLib.tasks import BACKENDS, check_choice
 
-BACKENDS = ("auto", "torch", "onnxruntime")  # auto: torch when a usable one is installed, else ONNX Runtime
-DEFAULT_BACKEND = "auto"
+DEFAULT_BACKEND = BACKENDS[0]  # "auto"
 ONNXRUNTIME_PACKAGE = "onnxruntime"
 LAST_INTEL_MAC_TORCH = "2.2.2"
 
@@ -83,28 +82,13 @@ def library_backends() -> tuple[str, ...]:
 
 
 def resolve_backend(backend: str = DEFAULT_BACKEND) -> str:
-    """"torch" or "onnxruntime" for a BACKENDS choice: auto = torch when a usable one is installed, else ONNX
-    Runtime when it is installed and ECFusionLib has it, else torch (whose absence the run then reports)."""
-    if backend not in BACKENDS:
-        raise ECFusionError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    if torch_problem(installed_version("torch")) is None:
-        return "torch"
-    if installed_version(ONNXRUNTIME_PACKAGE) and "onnxruntime" in library_backends():
-        return "onnxruntime"
-    return "torch"
-
-
-def backend_settings(backend: str) -> dict:
-    """The FusionSettings keywords for a resolved backend: {"backend": name} where ECFusionLib has backends,
-    {} for torch where it has only torch; an ECFusionError for ONNX Runtime where it has not."""
-    if "onnxruntime" in library_backends():
-        return {"backend": backend}
-    if backend == "onnxruntime":
-        raise ECFusionError("this version of ECFusion runs the network with PyTorch only: update the extension "
-                            "for ONNX Runtime, or install PyTorch with the PyTorch extension")
-    return {}
+    """The backend to ask ECFusionLib for (``ECFusionLib.backends``). Its "auto" takes torch whenever torch is
+    installed; here "auto" takes torch only when it runs the network (>= 2.2), else ONNX Runtime when installed,
+    else leaves "auto" to ECFusionLib (which says that neither is installed)."""
+    check_choice(backend, BACKENDS, "backend")
+    if backend != "auto" or torch_problem(installed_version("torch")) is None:
+        return "torch" if backend == "auto" else backend
+    return "onnxruntime" if installed_version(ONNXRUNTIME_PACKAGE) else backend
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ECFusionLib.tasks import (AXES_ANATOMICAL, DEVICES, PRECISIONS, REGISTRATIO
                                check_choice, check_task, detect_task, task_spec)
 
 from . import mrml_volumes as mv
-from .dependencies import BACKENDS, DEFAULT_BACKEND, backend_settings, resolve_backend
+from .dependencies import BACKENDS, DEFAULT_BACKEND, resolve_backend
 
 MODULE_NAME = "ECFusionSlicer"
 ATTRIBUTE_PREFIX = "ECFusion."
@@ -275,17 +275,14 @@ class ECFusionSlicerLogic:
         if level is not None:
             level = check_number("level", level, limits=(-math.inf, math.inf))
 
-        phase("Loading PyTorch..." if backend == "torch" else f"Loading {backend}...")
+        phase({"torch": "Loading PyTorch...", "onnxruntime": "Loading ONNX Runtime..."}.get(backend, "Loading..."))
         import SimpleITK as sitk
 
+        from ECFusionLib.backends import load_network
         from ECFusionLib.fusion import FusionSettings, fuse_images
 
         phase("Loading the network...")
-        model, weights_info = None, None  # other backends: fuse_images loads the network for itself
-        if backend == "torch":
-            from ECFusionLib.weights import load_model
-
-            model, weights_info = load_model(task, weightsPath)
+        model, weights_info = load_network(task, weightsPath, backend=backend, device=device)
         phase(f"Registering ({registration})..." if registration != "none" else "")
         reg_ras = self._registration_matrix(anatomicalNode, functionalNode, registration, registrationTransformNode,
                                             cancelCheck)
@@ -299,7 +296,7 @@ class ECFusionSlicerLogic:
         moved = mv.resample_onto(functionalNode, anatomicalNode, registration=reg_ras)
         settings = FusionSettings(task=task, device=device, precision=precision, batch_size=batchSize, axis=axis,
                                   ct_window=ctWindow, ct_level=ctLevel, weights=weightsPath,
-                                  keep_salient=bool(keepSalient), **backend_settings(backend))
+                                  keep_salient=bool(keepSalient), backend=weights_info["backend"])
         colour_info = {}
         if task_spec(task).keep_colour and not is_rgb:  # a scalar PET/SPECT: coloured as displayed
             second_arr, colour_info = self._functional_rgb(functionalNode, moved, colorNodeID, window, level)
