@@ -37,6 +37,7 @@ Re-running the same command resumes from OUT/last.pt.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ecfusion`` parser: one sub-parser per command (``fuse``'s options come from ``options.FUSE_OPTIONS``)."""
     p = argparse.ArgumentParser(prog="ecfusion", description="ECFusion: fuse MRI with CT, PET or SPECT (slice by slice).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -72,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
     d.add_argument("--task", default="PET-MRI", help=TASK_HELP)
     d.add_argument("--device", default="cpu", choices=DEVICES)
+    _add_train_parser(sub)
+    sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
+    return p
 
+
+def _add_train_parser(sub) -> None:
+    """``ecfusion train``: the options are ``training.TrainConfig``'s fields (``TrainConfig.from_args``)."""
     t = sub.add_parser("train", help="train or fine-tune the network on 2D pairs", epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png, or a .npz from "
@@ -121,9 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-seed", type=int, default=0, help="which cases are held out for validation (default 0)")
     t.add_argument("--threads", type=POSITIVE_INT)
     t.add_argument("--max-minutes", type=POSITIVE, help="stop (resumably) after this much training time")
-
-    sub.add_parser("models", help="list the network architectures and the bundled weights of each task")
-    return p
 
 
 def cmd_models(args) -> int:
