@@ -6,8 +6,11 @@ Exit codes: 0 success; 2 bad input or usage; 3 missing/corrupt weights; 4 some b
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import logging
 import sys
+from pathlib import Path
 
 from .batch import add_batch_parser, cmd_batch
 from .errors import ECFusionError
@@ -34,6 +37,7 @@ Re-running the same command resumes from OUT/last.pt.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ecfusion`` parser: one sub-parser per command (``fuse``'s options come from ``options.FUSE_OPTIONS``)."""
     p = argparse.ArgumentParser(prog="ecfusion", description="ECFusion: fuse MRI with CT, PET or SPECT (slice by slice).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -69,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
     d.add_argument("--task", default="PET-MRI", help=TASK_HELP)
     d.add_argument("--device", default="cpu", choices=DEVICES)
+    _add_train_parser(sub)
+    sub.add_parser("models", help="list the bundled models (task, architecture, backends) and the architectures")
+    return p
 
+
+def _add_train_parser(sub) -> None:
+    """``ecfusion train``: the options are ``training.TrainConfig``'s fields (``TrainConfig.from_args``)."""
     t = sub.add_parser("train", help="train or fine-tune the network on 2D pairs", epilog=EPILOG_TRAIN,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", required=True, help="folder with <task>/{CT|PET|SPECT,MRI}/<name>.png, or a .npz from "
@@ -119,9 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-seed", type=int, default=0, help="which cases are held out for validation (default 0)")
     t.add_argument("--threads", type=POSITIVE_INT)
     t.add_argument("--max-minutes", type=POSITIVE, help="stop (resumably) after this much training time")
-
-    sub.add_parser("models", help="list the bundled models (task, architecture, backends) and the architectures")
-    return p
 
 
 def cmd_models(args) -> int:
@@ -219,120 +226,32 @@ def cmd_fuse(args) -> int:
 
 
 def cmd_register(args) -> int:
-    import time
+    from .registration import register_files
 
-    from .registration import alignment_check, register
-    from .geometry import resample_onto
-    from .volume_io import read_image, write_transform_verified
-
-    from .safe_files import atomic_write, refuse_overwriting_inputs
-
-    out = refuse_overwriting_inputs(args.output, [args.anatomical, args.functional])
-    if out.suffix.lower() not in (".tfm", ".txt", ".h5", ".hdf5"):
-        raise ECFusionError(f"transform output {out}: use a .tfm, .txt or .h5 file name")
-    if out.is_dir():
-        raise ECFusionError(f"output {out} is an existing folder; give a file name")
-    if not out.parent.is_dir():
-        raise ECFusionError(f"output folder {out.parent} does not exist; create it first")
-    anatomical = read_image(args.anatomical, what="anatomical image")
-    second = read_image(args.functional, allow_rgb=True, what="functional image")
-    t0 = time.time()
-    before = alignment_check(anatomical, resample_onto(second, anatomical))
-    tx = register(anatomical, second, args.mode, args.init, progress=lambda m: print(m, file=sys.stderr))
-    after = alignment_check(anatomical, resample_onto(second, anatomical, tx))
-    atomic_write(out, lambda tmp: write_transform_verified(tx, tmp))
-    print(f"wrote {out} ({args.mode}, {time.time() - t0:.1f} s); head containment {before.containment:.3f} -> "
+    done = register_files(args.anatomical, args.functional, args.output, args.mode, args.init,
+                          progress=lambda m: print(m, file=sys.stderr))
+    before, after = done.before, done.after
+    print(f"wrote {done.output} ({args.mode}, {done.seconds:.1f} s); head containment {before.containment:.3f} -> "
           f"{after.containment:.3f}, mask Dice {before.dice:.3f} -> {after.dice:.3f}, "
           f"normalised MI {before.nmi:.3f} -> {after.nmi:.3f}")
     return 0
 
 
-def _settings(args, task: str):
-    from .fusion import FusionSettings
-
-    return FusionSettings(task=task, device=args.device, batch_size=args.batch_size, axis=args.axis, precision=args.precision,
-                          keep_salient=args.keep_salient,
-                          colormap=args.colormap, window=args.window, level=args.level,
-                          ct_window=args.ct_window, ct_level=args.ct_level, weights=args.weights, model=args.model,
-                          backend=args.backend)
-
-
 def fuse_png_folder(args) -> int:
-    """2D mode: every pair ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png -> OUT/<task>/<name>.png (+ <name>.json).
+    """2D mode (``fuse_pairs.fuse_pair_folder``): every pair ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png ->
+    OUT/<task>/<name>.png (+ <name>.json)."""
+    from .fuse_pairs import SETTINGS, fuse_pair_folder
 
-    Checked before anything is written: the layout, the sizes of every pair, the numeric options, the
-    weights. A run that fails or is cancelled part-way removes what it wrote (files and the folders it made)."""
-    from pathlib import Path
-
-    import SimpleITK as sitk
-    from tqdm import tqdm
-
-    from .fusion import fuse_images
-    from .input_checks import check_numbers
-    from .pairs import check_pair_sizes, find_pairs
-    from .safe_files import refuse_overwriting_inputs
-    from .volume_io import read_image, sidecar_path, write_image_atomic
-    from .backends import load_network
-
-    out_root = Path(args.output)
-    if out_root.exists() and not out_root.is_dir():
-        raise ECFusionError(f"output {out_root} is an existing file; in 2D mode (--input-dir) --output is a folder")
-    check_numbers(batch_size=args.batch_size, window=args.window, level=args.level, ct_window=args.ct_window,
-                  ct_level=args.ct_level)
-    pairs = find_pairs(args.input_dir, [args.task] if args.task else None)
-    check_pair_sizes(pairs)
-    targets = {pair: out_root / pair.task / f"{pair.name}.png" for pair in pairs}
-    for pair, target in targets.items():
-        for path in (target, sidecar_path(target)):
-            refuse_overwriting_inputs(path, [pair.second, pair.mri, args.weights])
-    models = {task: load_network(task, args.weights, args.model, args.backend, args.device)
-              for task in dict.fromkeys(p.task for p in pairs)}
-    made_dirs, written = [], []
-    try:
-        for folder in [out_root, *(out_root / t for t in models)]:
-            if not folder.is_dir():
-                folder.mkdir(parents=True)
-                made_dirs.append(folder)
-        for pair in tqdm(pairs, unit="pair", desc="fusing", disable=args.quiet, file=sys.stderr):
-            model, info = models[pair.task]
-            mri = read_image(pair.mri, allow_rgb=True, what="MRI image")
-            if mri.GetNumberOfComponentsPerPixel() == 3:  # some collections store grey MRI as RGB
-                mri = sitk.VectorIndexSelectionCast(mri, 0)
-            second = read_image(pair.second, allow_rgb=True, what=f"{pair.task} image")
-            second.CopyInformation(mri)  # same size (checked): pixel for pixel, whatever the PNG headers say
-            settings = _settings(args, pair.task)
-            settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
-            result = fuse_images(mri, second, settings, model=model, weights_info=info)
-            write_image_atomic(result.image, targets[pair], sidecar=result.metadata)
-            written.append(targets[pair])
-    except BaseException:
-        for target in written:
-            for path in (target, sidecar_path(target)):
-                path.unlink(missing_ok=True)
-        for folder in reversed(made_dirs):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
+    written = fuse_pair_folder(args.input_dir, args.output, task=args.task, quiet=args.quiet,
+                               **{k: getattr(args, k) for k in SETTINGS if hasattr(args, k)})
     if not args.quiet:
-        print(f"fused {len(pairs)} pairs into {out_root}")
+        print(f"fused {len(written)} pairs into {args.output}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    import csv
-    from pathlib import Path
-
-    import numpy as np
-
-    from .metrics import METRICS, all_metrics, bone_kept, hot_spots_kept
-    from .pairs import find_pairs, read_pair
-    from .volume_io import read_image
-    from .colour import luminance
-    import SimpleITK as sitk
-
-    from .safe_files import atomic_write
+    from .evaluation import column_names, evaluate_pairs, summary_table
+    from .metrics import LOWER_IS_BETTER, METRICS
 
     if args.csv:
         csv_path = Path(args.csv)
@@ -340,59 +259,31 @@ def cmd_evaluate(args) -> int:
             raise ECFusionError(f"--csv {csv_path} is a folder; give a file name")
         if not (csv_path.parent if str(csv_path.parent) else Path(".")).is_dir():
             raise ECFusionError(f"--csv {csv_path}: folder {csv_path.parent} does not exist; create it first")
-    pairs = find_pairs(args.input_dir, args.task)
-    if args.names:
-        pairs = [p for p in pairs if p.name in set(args.names)]
-    rows = []
-    for pair in pairs:
-        fused_path = Path(args.fused) / pair.task / f"{pair.name}.png"
-        a, b, _ = read_pair(pair)
-        fused = sitk.GetArrayFromImage(read_image(fused_path, allow_rgb=True, what="fused image"))
-        f = luminance(fused) if fused.ndim == 3 else fused.astype(np.float32)
-        candidates = {"ecfusion": np.rint(f)}
-        if args.baselines:
-            candidates.update({"pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2})
-        for method, img in candidates.items():
-            m = all_metrics(np.rint(a), b, np.rint(img))
-            if args.checks:
-                m["bone_kept"] = bone_kept(np.rint(a), b, np.rint(img)) if pair.task == "CT-MRI" else float("nan")
-                m["hot_kept"] = hot_spots_kept(np.rint(a), np.rint(img)) if pair.task != "CT-MRI" else float("nan")
-            bg = (a <= 0.5) & (b <= 0.5)
-            m["bg"] = float(img[bg].mean()) if bg.any() else 0.0
-            rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
-    names = [*METRICS, "bg", *(["bone_kept", "hot_kept"] if args.checks else [])]
+    rows = evaluate_pairs(args.input_dir, args.fused, args.task, args.names, args.baselines, args.checks)
+    names = column_names(args.checks)
     if args.csv:
-        def write_csv(tmp: str) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, ["task", "name", "method", *names])
-                w.writeheader()
-                w.writerows(rows)
-        atomic_write(args.csv, write_csv)
-    from .metrics import LOWER_IS_BETTER
-
+        _write_csv(args.csv, rows, ["task", "name", "method", *names])
     better = {n: "lower" if n in LOWER_IS_BETTER else "higher" for n in METRICS}
     print("better: " + ", ".join(f"{n} {d}" for n, d in better.items())
           + "; bg = mean fused grey level where both sources are black (0-255, lower is better: 0 keeps air black)",
           file=sys.stderr)  # a note for people: stdout stays a plain table
-    print(f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names))
-    for task in sorted({r["task"] for r in rows}):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            sel = [r for r in rows if r["task"] == task and r["method"] == method]
-            print(f"{task:10s} {method:14s} " + " ".join(f"{_nanmean([r[n] for r in sel]):8.4f}" for n in names))
+    print(summary_table(rows, names))
     return 0
 
 
-def _nanmean(values) -> float:
-    """Mean ignoring NaN (an image check that does not apply, e.g. a slice without bone); NaN if none applies."""
-    import numpy as np
+def _write_csv(path, rows: list[dict], columns: list[str]) -> None:
+    """``rows`` as a CSV file with a header, written atomically."""
+    from .safe_files import atomic_write
 
-    v = np.asarray(values, float)
-    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, columns)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
 
 
 def cmd_demo(args) -> int:
-    from pathlib import Path
-
     from .phantom import write_phantom
     from .tasks import check_task, second_modality
 
@@ -427,8 +318,6 @@ class _WarningHandler(logging.Handler):
 
 def _need_extras(command: str) -> None:
     """``evaluate`` and ``train`` need the metrics extra (scipy, scikit-image); fusion does not."""
-    import importlib.util
-
     missing = [m for m in ("scipy", "skimage") if importlib.util.find_spec(m) is None]
     if missing:
         raise ECFusionError(f"'ecfusion {command}' needs scipy and scikit-image (not needed for fusion): "

@@ -59,3 +59,69 @@ def selection_score(model_metrics: dict, ref: dict, names, check: float | None =
                       else (model_metrics[n] - ref[n]) / abs(ref[n]) for n in names])
     bonus = 1.0 if check is not None and math.isfinite(check) and check >= CHECK_TARGET else 0.0
     return len(wins) + bonus + float(np.tanh(margin))
+
+
+# ------------------------------------------------------------------ fused PNG folders (`ecfusion evaluate`)
+CHECKS = ("bone_kept", "hot_kept")
+
+
+def column_names(checks: bool = False) -> list[str]:
+    """The per-image score columns ``evaluate_pairs`` gives: the metrics, 'bg', and with ``checks`` the image checks."""
+    return [*M.METRICS, "bg", *(CHECKS if checks else ())]
+
+
+def evaluate_pairs(input_dir, fused_dir, tasks=None, names=None, baselines: bool = False,
+                   checks: bool = False) -> list[dict]:
+    """Score fused PNGs FUSED/<task>/<name>.png against their source pairs ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png.
+
+    Args:
+        input_dir, fused_dir: the two roots.
+        tasks: only these tasks (default: every task folder present); names: only these file stems.
+        baselines: also score pixel-max and pixel-average fusion of the sources.
+        checks: also the image checks (``bone_kept`` for a CT task, ``hot_kept`` otherwise; NaN where not applicable).
+    Returns:
+        One row per image and method: {"task", "name", "method", <column_names(checks)>: value}.
+    """
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from .colour import luminance
+    from .pairs import find_pairs, read_pair
+    from .volume_io import read_image
+
+    pairs = find_pairs(input_dir, tasks)
+    if names:
+        pairs = [p for p in pairs if p.name in set(names)]
+    rows = []
+    for pair in pairs:
+        a, b, _ = read_pair(pair)
+        fused = sitk.GetArrayFromImage(read_image(Path(fused_dir) / pair.task / f"{pair.name}.png", allow_rgb=True,
+                                                  what="fused image"))
+        candidates = {"ecfusion": np.rint(luminance(fused) if fused.ndim == 3 else fused.astype(np.float32))}
+        if baselines:
+            candidates.update({"pixel-max": np.maximum(a, b), "pixel-average": (a + b) / 2})
+        for method, img in candidates.items():
+            m = M.all_metrics(np.rint(a), b, np.rint(img))
+            if checks:
+                m.update({c: float("nan") for c in CHECKS})
+                m[check_name(pair.task)] = check_value(pair.task, np.rint(a), b, np.rint(img))
+            m["bg"] = background_level(a, b, img)
+            rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
+    return rows
+
+
+def summary_table(rows: list[dict], names: list[str]) -> str:
+    """A plain-text table: per task and method, the mean of each column over its images (NaN ignored)."""
+    lines = [f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names)]
+    for task in sorted({r["task"] for r in rows}):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if r["task"] == task and r["method"] == method]
+            lines.append(f"{task:10s} {method:14s} " + " ".join(f"{nanmean([r[n] for r in sel]):8.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def nanmean(values) -> float:
+    """Mean ignoring NaN (an image check that does not apply, e.g. a slice without bone); NaN if none applies."""
+    v = np.asarray(values, float)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")

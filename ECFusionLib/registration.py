@@ -178,3 +178,50 @@ def transform_provenance(transform: sitk.Transform | None, mode: str) -> dict:
     return {"mode": mode, "transform": tx.GetName(),
             "parameters": [float(p) for p in tx.GetParameters()],
             "fixed_parameters": [float(p) for p in tx.GetFixedParameters()]}
+
+
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5")  # ITK transform files SimpleITK and Slicer read
+
+
+@dataclass
+class RegistrationOutcome:
+    """What ``register_files`` did: the transform file written, the seconds it took, alignment before and after."""
+
+    output: str
+    seconds: float
+    before: AlignmentReport
+    after: AlignmentReport
+
+
+def register_files(anatomical, functional, output, mode: str = "rigid", init: str = "geometry",
+                   progress: Callable[[str], None] | None = None) -> RegistrationOutcome:
+    """Register the functional volume file onto the anatomical one and write the transform (``ecfusion register``).
+
+    Args:
+        anatomical, functional: volume files (the functional one may be RGB).
+        output: the transform file to write (one of ``TRANSFORM_SUFFIXES``; its folder must exist; never an input).
+        mode, init: as for ``register``; progress: called with status messages.
+    Returns:
+        RegistrationOutcome, with the alignment check before and after (head containment, mask Dice, NMI).
+    """
+    import time
+
+    from .geometry import resample_onto
+    from .safe_files import atomic_write, refuse_overwriting_inputs
+    from .volume_io import read_image, write_transform_verified
+
+    out = refuse_overwriting_inputs(output, [anatomical, functional])
+    if out.suffix.lower() not in TRANSFORM_SUFFIXES:
+        raise ECFusionError(f"transform output {out}: use a .tfm, .txt or .h5 file name")
+    if out.is_dir():
+        raise ECFusionError(f"output {out} is an existing folder; give a file name")
+    if not out.parent.is_dir():
+        raise ECFusionError(f"output folder {out.parent} does not exist; create it first")
+    fixed = read_image(anatomical, what="anatomical image")
+    moving = read_image(functional, allow_rgb=True, what="functional image")
+    t0 = time.time()
+    before = alignment_check(fixed, resample_onto(moving, fixed))
+    tx = register(fixed, moving, mode, init, progress=progress)
+    after = alignment_check(fixed, resample_onto(moving, fixed, tx))
+    atomic_write(out, lambda tmp: write_transform_verified(tx, tmp))
+    return RegistrationOutcome(str(out), time.time() - t0, before, after)
