@@ -359,3 +359,84 @@ def banding_ratio(fused, a, b, axis: int = 0) -> dict[str, float]:
         content |= v > 0
     f, ba, bb = (banding(v, 0, content) for v in vols)
     return {"fused": f, "a": ba, "b": bb, "ratio": f / max(ba, bb) if max(ba, bb) > 0 else float("nan")}
+
+
+# ---------------------------------------------------------------- 3D measures on real volumes (issue 18)
+CS_WINDOW = 7  # in-plane window (pixels) of the structure measure
+CS_C2 = (0.03 * 255.0) ** 2  # SSIM's C2 on the 0-255 scale
+STRUCTURE_SD = 4.0  # MRI local standard deviation (grey levels, 7x7 in-plane) above which the MRI "has structure"
+BRIGHT_QUANTILE = 0.75  # "where the second image is bright": its displayed Y above this quantile of the head's
+
+
+def _in_plane_box(ndim: int, axis: int, size: int):
+    """Box mean over ``size`` x ``size`` in-plane windows: across the axes other than ``axis`` (3D), or 2D."""
+    shape = [size] * ndim
+    if ndim == 3:
+        shape[axis] = 1
+    return lambda v: ndimage.uniform_filter(v, size=shape, mode="reflect")
+
+
+def structure_map(reference, test, axis: int = 0, size: int = CS_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM's contrast-structure term between ``test`` and ``reference`` per voxel, and the reference's local SD.
+
+    cs = (2 cov + C2) / (var_ref + var_test + C2), moments over ``size`` x ``size`` in-plane windows (slices
+    across ``axis``), C2 = (0.03 * 255)^2. Arrays: 2D or 3D, one shape, 0-255. cs is 1 where ``test`` has the
+    reference's local structure at any brightness offset and contrast >= the reference's; it falls where the
+    structure is flattened (a saturated region), replaced or inverted. Returns (cs, sd_ref), float32.
+    """
+    r, t = _f64(reference), _f64(test)
+    box = _in_plane_box(r.ndim, axis, size)
+    mr, mt = box(r), box(t)
+    vr = np.maximum(box(r * r) - mr * mr, 0.0)
+    vt = np.maximum(box(t * t) - mt * mt, 0.0)
+    cov = box(r * t) - mr * mt
+    return ((2 * cov + CS_C2) / (vr + vt + CS_C2)).astype(np.float32), np.sqrt(vr).astype(np.float32)
+
+
+def anatomy_kept(mri, fused_y, second_y, axis: int = 0, head=None) -> dict[str, float]:
+    """"Anatomy kept": mean SSIM contrast-structure (``structure_map``) between the fused luminance and the MRI.
+
+    ``mri``: the MRI as the network saw it (0-255); ``fused_y``: the fused image's Y (0-255); ``second_y``: Y of
+    the second image as displayed (colour map + window, or CT window; 0-255); one shape, 2D or 3D, slices across
+    ``axis``. Averaged over the head voxels (``head``, default MRI > 4) where the MRI has structure (its local SD
+    > ``STRUCTURE_SD``): "head"; and over those where ``second_y`` is at or above its ``BRIGHT_QUANTILE`` in the
+    head: "bright". Compare with ``blend_y`` of the same inputs (``anatomy_vs_blend``).
+    """
+    mri = _f64(mri)
+    cs, sd_mri = structure_map(mri, fused_y, axis)
+    head = mri > 4 if head is None else np.asarray(head, bool)
+    mask = head & (sd_mri > STRUCTURE_SD)
+    sec = _f64(second_y)
+    bright = mask & (sec >= np.quantile(sec[head], BRIGHT_QUANTILE)) if head.any() else mask
+    mean = lambda m: float(cs[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return {"head": mean(mask), "bright": mean(bright)}
+
+
+def blend_y(mri, second_y, alpha: float = 0.5) -> np.ndarray:
+    """Y of an alpha blend of the MRI shown grey and the second image as displayed (Y is linear in RGB, so the
+    blend's Y is the blend of the Ys): what a viewer shows with the second image as a foreground at opacity
+    ``alpha``."""
+    return (1.0 - alpha) * _f64(mri) + alpha * _f64(second_y)
+
+
+def blend_rgb(mri, second_rgb, alpha: float = 0.5) -> np.ndarray:
+    """The same blend in colour: ... x 3 float (0-255) from the grey MRI (...) and the displayed RGB (... x 3)."""
+    return (1.0 - alpha) * _f64(mri)[..., None] + alpha * _f64(second_rgb)
+
+
+def anatomy_vs_blend(mri, fused_y, second_y, axis: int = 0, head=None) -> dict[str, float]:
+    """``anatomy_kept`` of the fused image and of the 50/50 ``blend_y``, and their ratios (fused / blend):
+    keys head, bright, blend_head, blend_bright, ratio_head, ratio_bright."""
+    f = anatomy_kept(mri, fused_y, second_y, axis, head)
+    b = anatomy_kept(mri, blend_y(mri, second_y), second_y, axis, head)
+    return {**f, "blend_head": b["head"], "blend_bright": b["bright"],
+            "ratio_head": f["head"] / b["head"], "ratio_bright": f["bright"] / b["bright"]}
+
+
+def lesion_contrast(rgb, lesion, shell) -> float:
+    """Colour distance (Euclidean, RGB 0-255) between the mean colour of ``lesion`` and of ``shell`` (boolean
+    masks) in ``rgb`` (... x 3; a grey image may be given as ... with no channel axis)."""
+    x = _f64(rgb)
+    if x.ndim == np.ndim(lesion):
+        x = x[..., None]
+    return float(np.linalg.norm(x[np.asarray(lesion, bool)].mean(0) - x[np.asarray(shell, bool)].mean(0)))
