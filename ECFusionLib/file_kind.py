@@ -73,8 +73,8 @@ def not_a_regular_file(path: str | Path, what: str) -> ECFusionError | None:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     kind = "a pipe (e.g. from process substitution <(...))" if stat.S_ISFIFO(mode) else "a device or socket"
-    return ECFusionError(f"{what} {path} is {kind}, not a regular file: images are read by name and format, "
-                         "more than once. Save it to a file first and give that file")
+    return ECFusionError(f"{what} {path} is {kind}, not a regular file: ECFusion opens its files by name (and "
+                         "reads images more than once). Save it to a file first and give that file")
 
 
 def check_kind(path: str | Path, what: str) -> None:

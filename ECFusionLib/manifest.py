@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ECFusionError
+from .file_kind import not_a_regular_file
 from .fuse_files import FuseRequest
 from .options import add_fuse_options, manifest_columns
 from .tasks import check_task
@@ -160,7 +161,8 @@ def manifest_text(path: Path) -> str:
         hint = f"; it holds {', '.join(csvs[:5])}" if csvs else ""
         raise ECFusionError(f"manifest {path} is a folder; give the CSV file itself{hint}")
     if not path.is_file():
-        raise ECFusionError(f"manifest not found: {path}")
+        special = not_a_regular_file(path, "manifest")  # a pipe: its folder (/dev/fd) cannot anchor relative paths
+        raise special or ECFusionError(f"manifest not found: {path}")
     data = path.read_bytes()
     for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):

@@ -202,9 +202,11 @@ def check_weights_file(path: Path) -> None:
         found = sorted(p.name for p in path.iterdir() if p.suffix in (".npz", ".pt"))
         hint = f"; it holds {', '.join(found[:5])}" if found else ""
         raise WeightsError(f"--weights {path} is a folder; give the weights file itself{hint}")
+    if not path.is_file() and path.exists():
+        raise WeightsError(f"--weights {path} is not a regular file (a pipe such as <(...), or a device): save the "
+                           "weights to a file and give that file")
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}" + (" (it exists but is not a regular file: a pipe or a "
-                                                                  "device)" if path.exists() else ""))
+        raise WeightsError(f"weights file not found: {path}")
     kind = "onnx" if path.suffix.lower() == ".onnx" else sniff(path)
     if kind == "empty":
         raise WeightsError(f"weights file {path} is empty (0 bytes): the copy or download did not finish; copy it again")

@@ -405,3 +405,14 @@ def test_register_on_a_full_disk_keeps_the_previous_transform(capsys, small_disk
     assert code == 2 and "cannot write pet_to_mri.tfm" in text and "nothing was written" in text, text
     assert file_digest("pet_to_mri.tfm") == before and sorted(p.name for p in small_disk.iterdir()) == [
         "filler", "mri.nrrd", "pet.nrrd", "pet_to_mri.tfm"]
+
+
+def test_pipes_as_manifest_or_weights_say_regular_file(capsys, cohort):
+    os.mkfifo("cohort.csv")  # what bash's <(...) gives: a pipe, not a file
+    os.mkfifo("weights.npz")
+    code, text = run(capsys, "batch", "cohort.csv", "--output-dir", "fused/", "--quiet")
+    assert code == 2 and "manifest cohort.csv is a pipe (e.g. from process substitution <(...)), not a regular file" in text
+    argv = fuse()
+    argv[argv.index("--weights") + 1] = "weights.npz"
+    code, text = run(capsys, *argv)
+    assert code == 3 and "--weights weights.npz is not a regular file" in text and "not found" not in text
