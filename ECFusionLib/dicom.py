@@ -79,8 +79,10 @@ def dicom_text(value: str, charset: str = "") -> str:
         return value
     import warnings
 
-    from pydicom.charset import convert_encodings, decode_bytes
-
+    try:
+        from pydicom.charset import convert_encodings, decode_bytes
+    except ImportError:  # Slicer 5.8's Python has no pydicom: Latin-1 is the common case in European archives
+        return raw.decode("utf-8" if "192" in charset else "latin-1", "replace")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about unknown or mislabelled character sets
         try:
@@ -143,8 +145,11 @@ def find_series(path: str | Path, series_uid: str | None = None, *, what: str = 
 
 def _left_out(folder: Path, series: list[SeriesInfo], uid: str) -> list[str]:
     """Files directly in ``folder`` that GDCM grouped into no series although their header names series ``uid``
-    (GDCM drops a file whose pixel data is cut off without a word)."""
-    import pydicom
+    (GDCM drops a file whose pixel data is cut off without a word). [] without pydicom."""
+    try:
+        import pydicom
+    except ImportError:
+        return []
 
     grouped = {os.path.abspath(f) for s in series for f in s.files}
     left = []
@@ -162,8 +167,11 @@ def _left_out(folder: Path, series: list[SeriesInfo], uid: str) -> list[str]:
 
 def what_dicom_is(path: str | Path) -> str | None:
     """For a DICOM file that holds no image: what it is ("a DICOMDIR ...", "a DICOM RT Structure Set ..."); None
-    when it is not DICOM or does hold an image."""
-    import pydicom
+    when it is not DICOM or does hold an image (or pydicom is not installed)."""
+    try:
+        import pydicom
+    except ImportError:
+        return None
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
