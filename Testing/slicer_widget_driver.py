@@ -28,7 +28,7 @@ import slicer_app_fakes  # noqa: E402
 
 # What a user sets in the panel before leaving it (none of these is a default).
 EDITS = {"task": "CT-MRI", "device": "cpu", "precision": "fp32", "axis": "coronal", "registration": "rigid",
-         "batchSize": 7, "ctWindow": 350.0, "ctLevel": 45.0, "keepSalient": False}
+         "batchSize": 7, "ctWindow": 350.0, "ctLevel": 45.0, "keepSalient": False, "backend": "onnxruntime"}
 
 
 class Session:
