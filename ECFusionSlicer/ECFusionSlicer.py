@@ -303,11 +303,9 @@ def ensure_dependencies(interactive: bool = True) -> bool:
     if plan.install == dependencies.ONNXRUNTIME_PACKAGE:
         if not slicer.util.confirmOkCancelDisplay(plan.message):
             return False
-        pip_ensure = getattr(getattr(slicer, "packaging", None), "pip_ensure", None)  # Slicer >= 5.12
-        if pip_ensure is not None:
-            pip_ensure([dependencies.ONNXRUNTIME_PACKAGE])
-        else:
-            slicer.util.pip_install(dependencies.ONNXRUNTIME_PACKAGE)
+        # slicer.util.pip_install exists in every supported Slicer (5.12+ forwards it to slicer.packaging). Not
+        # slicer.packaging.pip_ensure: it takes packaging Requirement objects and would ask a second time.
+        slicer.util.pip_install(dependencies.ONNXRUNTIME_PACKAGE)
         return dependencies.installed_version(dependencies.ONNXRUNTIME_PACKAGE) is not None
     try:
         import PyTorchUtils

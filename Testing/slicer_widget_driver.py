@@ -295,8 +295,6 @@ def intel_mac_without_torch_ends_in_a_fused_volume():
                 sys.modules["onnxruntime"] = hidden["onnxruntime"]
 
         s.slicer.util.pip_install = pip_install
-        if hasattr(s.slicer, "packaging"):
-            s.slicer.packaging.pip_ensure = lambda reqs, *a, **k: pip_install(" ".join(reqs))
         sys.modules["PyTorchUtils"] = None  # no PyTorch extension either
         s.enter()
         s.choose_inputs()
