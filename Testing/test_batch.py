@@ -15,14 +15,8 @@ from ECFusionLib import batch_worker
 from ECFusionLib.cli import main
 from ECFusionLib.manifest import read_manifest
 
-from conftest import file_digest
+from helpers import file_digest, run_cli as run
 from dicom_helpers import new_uid, write_series
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def report(folder):
@@ -44,6 +38,7 @@ def cohort(tmp_path_factory, phantom, phantom_files):
     return manifest
 
 
+@pytest.mark.slow
 def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, phantom_files, weights_file):
     out = tmp_path / "out"
     base = ["batch", cohort, "--output-dir", out, "--weights", weights_file, "--device", "cpu"]
