@@ -271,7 +271,7 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
 
 
 def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
-    from .fusion import METADATA_PREFIX, FusionSettings, fuse_images
+    from .fusion import METADATA_PREFIX, PHASES, FusionSettings, fuse_images
     from .registration import transform_provenance
     from .backends import load_network
     from .weights import task_of_model
@@ -302,6 +302,7 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     for warning in input_warnings(task, anatomical.image, second.image):
         log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
+    PHASES.debug("read")
     settings = FusionSettings(task=task, device=request.device, batch_size=request.batch_size, axis=request.axis,
                               precision=request.precision, colormap=request.colormap, window=request.window,
                               level=request.level, ct_window=request.ct_window, ct_level=request.ct_level,
@@ -318,4 +319,5 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
         result.image.SetMetaData(METADATA_PREFIX + key, json.dumps(value))
     result.metadata.update(extra)
     write_image_atomic(result.image, output, sidecar=result.metadata)
+    PHASES.debug("write")
     return FuseOutcome(output, task, result.metadata, result.image, seconds=time.perf_counter() - t0)

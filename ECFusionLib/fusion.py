@@ -17,16 +17,18 @@ from . import __version__
 from .colour import recolour
 from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
-from .geometry import resample_onto, slice_axis
+from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
-from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb
+from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb, robust_range
 from .registration import alignment_check, transform_provenance
 from .salient import keep_salient
+from .slabs import coarse_grid, float_source, resample_region, slabs
 from .tasks import task_spec
 from .volume_io import check_image
 
 METADATA_PREFIX = "ECFusion_"
 log = logging.getLogger(__name__)
+PHASES = logging.getLogger("ECFusionLib.phase")  # DEBUG records at the end of each phase (scripts/benchmark_memory.py)
 
 
 @dataclass
@@ -56,6 +58,64 @@ class FusionResult:
 
 
 __all__ = ["FusionSettings", "FusionResult", "fuse_images", "default_window_level", "METADATA_PREFIX"]
+
+
+def _alignment(anatomical: sitk.Image, second: sitk.Image, transform):
+    """``registration.alignment_check`` of the second image on the anatomical grid; above
+    ``slabs.ALIGNMENT_VOXELS`` on a block-averaged copy of that grid (no whole float copy of a large volume)."""
+    grid = coarse_grid(anatomical)
+    if transform is None and same_grid(second, grid):
+        return alignment_check(grid, second)
+    idx = tuple(slice(None) for _ in range(grid.GetDimension()))
+    moved = sitk.GetImageFromArray(resample_region(float_source(second), grid, idx, transform, _outside(second)),
+                                   isVector=second.GetNumberOfComponentsPerPixel() > 1)
+    moved.CopyInformation(grid)
+    return alignment_check(grid, moved)
+
+
+def _outside(image: sitk.Image) -> float:
+    """The value given to points outside the second image (its minimum, as ``geometry.resample_onto``)."""
+    return float(sitk.GetArrayViewFromImage(image).min())
+
+
+def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: FusionSettings, axis: int, transform):
+    """Resample the second image onto the anatomical grid and map both to 8 bits, slab by slab along ``axis``
+    (``slabs``): the only whole arrays are uint8. Returns (second Y, MRI, the second image's RGB or None when
+    the task does not keep colour, second mapping, MRI mapping)."""
+    modality = spec.second_modality
+    anatomical_view = sitk.GetArrayViewFromImage(anatomical)
+    mri_range = None if settings.as_is else robust_range(anatomical_view)
+    if second.GetNumberOfComponentsPerPixel() == 3:  # RGB second image: its luminance
+        mapper = lambda part: map_rgb(part, modality)  # noqa: E731
+    elif settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
+        mapper = lambda part: (None, np.asarray(part, np.uint8), {"modality": modality, "method": "as-is (8-bit)"})  # noqa: E731
+    elif spec.second_mapping == "colormap":  # scalar PET/SPECT: coloured as displayed, then its luminance
+        window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
+        colormap = settings.colormap or spec.default_colormap
+        mapper = lambda part: map_functional(part, modality, colormap, window, level, settings.colormap_table)  # noqa: E731
+    else:  # "window": CT in HU
+        window, level = spec.default_window
+        window = window if settings.ct_window is None else settings.ct_window
+        level = level if settings.ct_level is None else settings.ct_level
+        mapper = lambda part: (None, *map_ct(part, window, level))  # noqa: E731
+    shape = anatomical_view.shape
+    colour = second.GetNumberOfComponentsPerPixel() == 3 or (spec.second_mapping == "colormap" and not settings.as_is)
+    rgb = np.empty((*shape, 3), np.uint8) if colour and spec.keep_colour else None
+    sec_u8, mri_u8 = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
+    on_grid = transform is None and same_grid(second, anatomical)
+    if not on_grid and transform is None:
+        check_overlap(second, anatomical)
+    source, outside = (second, None) if on_grid else (float_source(second), _outside(second))
+    for idx in slabs(shape, axis):
+        part = sitk.GetArrayViewFromImage(source)[idx] if on_grid else resample_region(source, anatomical, idx, transform, outside)
+        part_rgb, sec_u8[idx], sec_map = mapper(part)
+        if rgb is not None:
+            rgb[idx] = part_rgb
+        if settings.as_is:
+            mri_u8[idx], mri_map = anatomical_view[idx], {"modality": "MRI", "method": "as-is (8-bit)"}
+        else:
+            mri_u8[idx], mri_map = map_mri(anatomical_view[idx], value_range=mri_range)
+    return sec_u8, mri_u8, rgb, sec_map, mri_map
 
 
 def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSettings, *,
@@ -92,42 +152,24 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
 
         model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device)
     axis = slice_axis(anatomical, settings.axis)
-
-    moved = resample_onto(second, anatomical, transform)
-    alignment = alignment_check(anatomical, moved)
+    alignment = _alignment(anatomical, second, transform)
     if alignment.misaligned:
         log.warning(alignment.message())
-    sec = sitk.GetArrayFromImage(moved)
-    rgb = None
-    if settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
-        mri_u8, mri_map = np.asarray(sitk.GetArrayViewFromImage(anatomical), np.uint8), {"modality": "MRI", "method": "as-is (8-bit)"}
-        if moved.GetNumberOfComponentsPerPixel() == 3:
-            rgb, sec_u8, sec_map = map_rgb(sec, modality)
-        else:
-            sec_u8, sec_map = np.asarray(sec, np.uint8), {"modality": modality, "method": "as-is (8-bit)"}
-    elif moved.GetNumberOfComponentsPerPixel() == 3:  # RGB second image: its luminance
-        rgb, sec_u8, sec_map = map_rgb(sec, modality)
-    elif spec.second_mapping == "colormap":  # scalar PET/SPECT: coloured as displayed, then its luminance
-        window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
-        colormap = settings.colormap or spec.default_colormap
-        rgb, sec_u8, sec_map = map_functional(sec, modality, colormap, window, level, settings.colormap_table)
-    else:  # "window": CT in HU
-        window, level = spec.default_window
-        sec_u8, sec_map = map_ct(sec, window if settings.ct_window is None else settings.ct_window,
-                                 level if settings.ct_level is None else settings.ct_level)
-    rgb = rgb if spec.keep_colour else None
-    if not settings.as_is:
-        mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
-    del sec
+    sec_u8, mri_u8, rgb, sec_map, mri_map = _map_inputs(anatomical, second, spec, settings, axis, transform)
+    PHASES.debug("resample")
 
     fused_y, info = fuse_volume(model, sec_u8, mri_u8, axis=axis, device=settings.device,
                                 batch_size=settings.batch_size, progress=progress, cancel=cancel,
                                 precision=settings.precision)
-    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient, anatomical=mri_u8)  # salient.py
-    if rgb is not None:
-        out = sitk.GetImageFromArray(recolour(fused_y, rgb), isVector=True)
-    else:
-        out = sitk.GetImageFromArray(fused_y)
+    PHASES.debug("engine")
+    for idx in slabs(fused_y.shape, axis):  # salient.py, then the colour put back: slab by slab, in place
+        fused_y[idx] = keep_salient(fused_y[idx], sec_u8[idx], task, settings.keep_salient, anatomical=mri_u8[idx])
+        if rgb is not None:
+            rgb[idx] = recolour(fused_y[idx], rgb[idx])
+    del sec_u8, mri_u8
+    is_rgb = rgb is not None
+    out = sitk.GetImageFromArray(rgb if is_rgb else fused_y, isVector=is_rgb)
+    del rgb, fused_y
     out.CopyInformation(anatomical)
     metadata = {
         "version": __version__, "architecture": getattr(model, "architecture", type(model).__name__), "task": task,
@@ -136,7 +178,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "anatomical_intensity": mri_map, "second_intensity": sec_map,
         "model": (weights_info or {}).get("model") or "", "backend": info.backend,
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
-        "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
+        "output": "RGB uint8 (fused Y + functional CbCr)" if is_rgb else "grey uint8",
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
                       "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
         "registration": transform_provenance(transform, "given transform"),
@@ -144,4 +186,5 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     }
     for key, value in metadata.items():
         out.SetMetaData(METADATA_PREFIX + key, value if isinstance(value, str) else json.dumps(value))
+    PHASES.debug("post")
     return FusionResult(out, metadata)

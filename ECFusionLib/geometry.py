@@ -16,6 +16,15 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
+def check_overlap(moving: sitk.Image, reference: sitk.Image) -> None:
+    """ECFusionError when ``moving`` and ``reference`` do not overlap in physical space."""
+    if overlap_fraction(moving, reference) == 0.0:
+        raise ECFusionError(
+            "the two volumes do not overlap in physical space (check their origins and orientations, or register "
+            "them first); fusing them would give a blank image"
+        )
+
+
 def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
     """Fraction of the reference grid (sampled on a coarse grid of about 64 points a side) inside ``moving``."""
     shrink = [max(1, s // 64) for s in reference.GetSize()]
@@ -45,12 +54,8 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image, transform: sitk.Tra
     """
     if transform is None and same_grid(moving, reference):
         return moving
-    frac = overlap_fraction(moving, reference) if transform is None else 1.0
-    if frac == 0.0:
-        raise ECFusionError(
-            "the two volumes do not overlap in physical space (check their origins and orientations, or register "
-            "them first); fusing them would give a blank image"
-        )
+    if transform is None:
+        check_overlap(moving, reference)
     if default is None:
         default = float(sitk.GetArrayViewFromImage(moving).min())
     pixel = sitk.sitkVectorFloat32 if moving.GetNumberOfComponentsPerPixel() > 1 else sitk.sitkFloat32

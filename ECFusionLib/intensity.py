@@ -57,8 +57,11 @@ def window_to_uint8(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     return to_uint8((np.asarray(arr, dtype=np.float32) - low) * (255.0 / (high - low)))
 
 
-def map_mri(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[np.ndarray, dict]:
-    low, high = robust_range(arr, percentiles)
+def map_mri(arr: np.ndarray, percentiles=MRI_PERCENTILES, value_range: tuple[float, float] | None = None
+            ) -> tuple[np.ndarray, dict]:
+    """MRI -> uint8 over its ``robust_range``; ``value_range``: that range, computed before on the whole volume
+    (``arr`` then being one slab of it)."""
+    low, high = robust_range(arr, percentiles) if value_range is None else value_range
     return window_to_uint8(arr, low, high), {"modality": "MRI", "method": "percentiles", "percentiles": list(percentiles),
                                              "low": low, "high": high}
 

@@ -1,11 +1,14 @@
 """ECFusion for 3D Slicer: fuse an MRI with CT, PET or SPECT slice by slice (the ECFusion network).
 
 The widget is a thin layer over ECFusionSlicerLib.logic.ECFusionSlicerLogic, which holds all the
-behaviour and is tested without Qt (Testing/test_slicer_logic.py). Nothing heavy (torch, pip) happens
-at import or in constructors: PyTorch is checked for, and installed on request, when Apply is pressed.
+behaviour and is tested without Qt (Testing/test_slicer_logic.py); the widget itself runs on Slicer's own
+parameterNodeWrapper/util/ScriptedLoadableModule in Testing/test_slicer_widget_on_slicer_source.py. Nothing
+heavy (torch, pip) happens at import or in constructors: an inference engine (PyTorch, or ONNX Runtime) is
+checked for, and installed on request, when Apply is pressed (ECFusionSlicerLib/dependencies.py).
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -303,11 +306,10 @@ def ensure_dependencies(interactive: bool = True) -> bool:
     if plan.install == dependencies.ONNXRUNTIME_PACKAGE:
         if not slicer.util.confirmOkCancelDisplay(plan.message):
             return False
-        pip_ensure = getattr(getattr(slicer, "packaging", None), "pip_ensure", None)  # Slicer >= 5.12
-        if pip_ensure is not None:
-            pip_ensure([dependencies.ONNXRUNTIME_PACKAGE])
-        else:
-            slicer.util.pip_install(dependencies.ONNXRUNTIME_PACKAGE)
+        # slicer.util.pip_install exists in every supported Slicer (5.12+ forwards it to slicer.packaging). Not
+        # slicer.packaging.pip_ensure: it takes packaging Requirement objects and would ask a second time.
+        slicer.util.pip_install(dependencies.ONNXRUNTIME_PACKAGE)
+        importlib.invalidate_caches()  # the new package, installed by a pip subprocess, is seen by this one
         return dependencies.installed_version(dependencies.ONNXRUNTIME_PACKAGE) is not None
     try:
         import PyTorchUtils

@@ -9,6 +9,29 @@ import numpy as np
 import SimpleITK as sitk
 
 
+SEED = 1234  # the seeded random network of the tests (conftest.seeded_model) and of the golden outputs
+
+
+def seeded_network(seed: int = SEED):
+    """A new ``ecfusion-v1`` network with seeded random weights, in eval mode (no weights file needed)."""
+    import torch
+
+    from ECFusionLib.registry import create_model
+
+    torch.manual_seed(seed)
+    return create_model("ecfusion-v1").eval()
+
+
+def state_digest(model) -> str:
+    """SHA-256 over a model's tensors (name, dtype, shape, bytes), whatever file format they came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().float().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     """``ecfusion *argv`` in this process: (exit code, stdout + stderr). Arguments may be paths or numbers."""
     from ECFusionLib.cli import main
@@ -22,6 +45,11 @@ def random_volumes(shape=(6, 40, 52), seed=0) -> tuple[np.ndarray, np.ndarray]:
     """Two uint8 volumes of uniform noise (slices x rows x columns), e.g. a second image and an MRI."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def array(img: sitk.Image) -> np.ndarray:
+    """The image's voxels as a numpy array (z, y, x[, components])."""
+    return sitk.GetArrayFromImage(img)
 
 
 def file_digest(path) -> str:

@@ -28,7 +28,7 @@ import slicer_app_fakes  # noqa: E402
 
 # What a user sets in the panel before leaving it (none of these is a default).
 EDITS = {"task": "CT-MRI", "device": "cpu", "precision": "fp32", "axis": "coronal", "registration": "rigid",
-         "batchSize": 7, "ctWindow": 350.0, "ctLevel": 45.0, "keepSalient": False}
+         "batchSize": 7, "ctWindow": 350.0, "ctLevel": 45.0, "keepSalient": False, "backend": "onnxruntime"}
 
 
 class Session:
@@ -247,6 +247,31 @@ def reload_replaces_widget_and_library():
     check(s.widget.ui.applyButton.enabled, "Apply disabled after Reload")
 
 
+def _run_self_test(module):
+    """Run the module's ScriptedLoadableModuleTest as ctest does (unittest calls each test_* method)."""
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(module.ECFusionSlicerTest)
+    for case in suite:
+        case.delayDisplay = lambda *a, **k: None
+    result = unittest.TestResult()
+    suite.run(result)
+    return result, [f"{t.id()}: {tb.strip().splitlines()[-1]}" for t, tb in result.errors + result.failures]
+
+
+def self_test_with_onnx_runtime_only():
+    """The self-test (what ctest and Reload and Test run) fuses its phantom where only ONNX Runtime is installed."""
+    hidden = sys.modules.get("torch")
+    sys.modules["torch"] = None
+    try:
+        s = Session(with_volumes=False)
+        result, problems = _run_self_test(s.module)
+        check(not problems and not result.skipped and result.testsRun, f"self-test: {problems} {result.skipped}")
+    finally:
+        if hidden is None:
+            sys.modules.pop("torch", None)
+        else:
+            sys.modules["torch"] = hidden
+
+
 def ctest_without_an_inference_backend():
     """ctest runs the self-test class with unittest, which calls each test_* method directly: without torch and
     without onnxruntime every one must be skipped, none may error."""
@@ -254,12 +279,7 @@ def ctest_without_an_inference_backend():
     sys.modules.update(dict.fromkeys(hidden))  # None: import fails, importlib.util.find_spec says "absent"
     try:
         s = Session(with_volumes=False)
-        suite = unittest.defaultTestLoader.loadTestsFromTestCase(s.module.ECFusionSlicerTest)
-        for case in suite:
-            case.delayDisplay = lambda *a, **k: None
-        result = unittest.TestResult()
-        suite.run(result)
-        problems = [f"{t.id()}: {tb.splitlines()[-1]}" for t, tb in result.errors + result.failures]
+        result, problems = _run_self_test(s.module)
         check(not problems, f"ctest without torch: {problems}")
         check(result.skipped, "nothing reported as skipped")
     finally:
@@ -295,8 +315,6 @@ def intel_mac_without_torch_ends_in_a_fused_volume():
                 sys.modules["onnxruntime"] = hidden["onnxruntime"]
 
         s.slicer.util.pip_install = pip_install
-        if hasattr(s.slicer, "packaging"):
-            s.slicer.packaging.pip_ensure = lambda reqs, *a, **k: pip_install(" ".join(reqs))
         sys.modules["PyTorchUtils"] = None  # no PyTorch extension either
         s.enter()
         s.choose_inputs()
@@ -318,7 +336,7 @@ def intel_mac_without_torch_ends_in_a_fused_volume():
                 sys.modules[name] = mod
 
 
-SCENARIOS = {f.__name__: f for f in (ctest_without_an_inference_backend,
+SCENARIOS = {f.__name__: f for f in (ctest_without_an_inference_backend, self_test_with_onnx_runtime_only,
                                      intel_mac_without_torch_ends_in_a_fused_volume, every_widget_is_bound,
                                      reentering_keeps_the_choices, earlier_result_receives_the_output,
                                      scene_close_during_a_run, reload_replaces_widget_and_library)}

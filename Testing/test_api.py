@@ -27,6 +27,7 @@ def test_importing_the_package_loads_neither_torch_nor_simpleitk():
     assert r.stdout.split("\n")[:2] == ["[]", "True"]  # nothing heavy until the API is used
 
 
+@pytest.mark.slow
 def test_fuse_takes_paths_or_images_and_matches_the_command_line(tmp_path, monkeypatch, capsys, phantom_files,
                                                                   weights_file):
     monkeypatch.chdir(Path(phantom_files["MRI"]).parent)  # relative paths, as a user in that folder gives them

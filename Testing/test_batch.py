@@ -15,14 +15,8 @@ from ECFusionLib import batch_worker
 from ECFusionLib.cli import main
 from ECFusionLib.manifest import read_manifest
 
-from conftest import file_digest
+from helpers import file_digest, run_cli as run
 from dicom_helpers import new_uid, write_series
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def report(folder):
@@ -44,6 +38,7 @@ def cohort(tmp_path_factory, phantom, phantom_files):
     return manifest
 
 
+@pytest.mark.slow
 def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, phantom_files, weights_file):
     out = tmp_path / "out"
     base = ["batch", cohort, "--output-dir", out, "--weights", weights_file, "--device", "cpu"]
@@ -153,3 +148,17 @@ def test_report_rows_are_on_disk_as_they_finish(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "bad &lt;input&gt; &amp; more" in page and "<input>" not in page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv", "report.html"]
+
+
+def test_model_and_backend_for_the_batch_and_per_row(tmp_path, phantom_files, capsys):
+    """--model applies to rows that name no weights or model; a row's own model column wins; --backend is set
+    for every row; an unknown model is refused once, before anything runs."""
+    manifest = tmp_path / "models.csv"
+    manifest.write_text("id,anatomical,functional,task,model\n"
+                        f"a,{phantom_files['MRI']},{phantom_files['PET']},PET-MRI,\n"
+                        f"b,{phantom_files['MRI']},{phantom_files['SPECT']},,ecfusion-v1.spect-mri\n")
+    rows = read_manifest(manifest, tmp_path / "out", model="ecfusion-v1.pet-mri", backend="onnxruntime")
+    assert [(r.request.model, r.request.backend, r.request.weights) for r in rows] == [
+        ("ecfusion-v1.pet-mri", "onnxruntime", None), ("ecfusion-v1.spect-mri", "onnxruntime", None)]
+    code, text = run(capsys, "batch", manifest, "--output-dir", tmp_path / "out", "--model", "nope")
+    assert code == 3 and "unknown model 'nope'" in text and not (tmp_path / "out").exists()

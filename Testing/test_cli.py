@@ -12,13 +12,7 @@ import SimpleITK as sitk
 from ECFusionLib.cli import main
 from ECFusionLib.intensity import map_functional
 
-from conftest import file_digest
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
+from helpers import file_digest, run_cli as run
 
 
 def fuse_args(files, weights, out, task="PET-MRI", second="PET"):

@@ -15,14 +15,8 @@ from ECFusionLib.cli import main
 from ECFusionLib.dicom import read_dicom
 from ECFusionLib.volume_io import read_image
 
-from conftest import file_digest
+from helpers import file_digest, run_cli as run
 from dicom_helpers import new_uid, write_series
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def fuse(capsys, anatomical, functional, out, weights, *extra):
@@ -46,6 +40,7 @@ def series(tmp_path_factory, phantom):
     return {name: root / name.lower() for name in uids}, uids
 
 
+@pytest.mark.slow
 def test_dicom_folders_fuse_like_nrrd_with_task_from_modality(capsys, tmp_path, phantom, series, phantom_files,
                                                               weights_file):
     folders, uids = series
@@ -64,6 +59,7 @@ def test_dicom_folders_fuse_like_nrrd_with_task_from_modality(capsys, tmp_path, 
     assert {p: file_digest(p) for p in folders["PET"].iterdir()} == digests  # inputs untouched
 
 
+@pytest.mark.slow
 def test_ct_rescale_to_hounsfield_units(capsys, tmp_path, phantom, series, phantom_files, weights_file):
     folders, _ = series
     # stored as scanners do: HU + 1024 with Rescale Intercept -1024 (the GDCM writer inverts the rescale)
@@ -82,6 +78,7 @@ def test_ct_rescale_to_hounsfield_units(capsys, tmp_path, phantom, series, phant
     assert np.abs(fused(tmp_path / "dicom.nrrd") - fused(tmp_path / "nrrd.nrrd")).mean() < 1.0
 
 
+@pytest.mark.slow
 def test_sagittal_non_square_series_keeps_its_geometry(capsys, tmp_path, phantom, series, phantom_files, weights_file):
     folders, _ = series
     sagittal = sitk.PermuteAxes(phantom["CT"], [1, 2, 0])  # slices along left-right, 4.05 x 9 mm pixels
@@ -150,6 +147,7 @@ def _add_pet_dose_tags(folder, weight_kg, dose_bq, half_life_s, injection, serie
         ds.save_as(path)
 
 
+@pytest.mark.slow
 def test_pet_units_suv(capsys, tmp_path, phantom, series, phantom_files, weights_file):
     folders, _ = series
     becquerel = phantom["PET"] * 1000.0  # Bq/ml

@@ -10,12 +10,11 @@ from ECFusionLib.errors import CancelledError, ECFusionError
 from ECFusionLib.fusion import FusionSettings, fuse_images
 from ECFusionLib.geometry import resample_onto
 
-from conftest import array
+from helpers import array, random_volumes
 
 
 def _vols(shape=(6, 40, 52), seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)
+    return random_volumes(shape, seed)
 
 
 def test_engine_is_deterministic_and_reports_progress(seeded_model):
@@ -35,6 +34,7 @@ def test_engine_is_deterministic_and_reports_progress(seeded_model):
         fuse_volume(seeded_model, a[:1], b[:1], device="cpu", precision="fp16")
 
 
+@pytest.mark.slow
 def test_engine_slices_along_any_axis(seeded_model):
     a, b = _vols((5, 24, 20))
     f0, _ = fuse_volume(seeded_model, a, b, axis=0, device="cpu", fast=False)
@@ -46,6 +46,7 @@ def test_engine_slices_along_any_axis(seeded_model):
     assert not np.array_equal(f0, f2)  # a different slicing direction is a different result
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_result(seeded_model):
     a, b = _vols((7, 32, 32), seed=2)
     f1, _ = fuse_volume(seeded_model, a, b, device="cpu", batch_size=1, fast=False)
@@ -105,6 +106,7 @@ def test_pet_fusion_keeps_colour_and_grid(phantom, seeded_model):
     assert np.array_equal(array(mri), before[0]) and np.array_equal(array(pet), before[1]) and pet.GetOrigin() == before[2]
 
 
+@pytest.mark.slow
 def test_ct_fusion_is_grey_and_rgb_functional_is_used_as_is(phantom, seeded_model):
     mri = phantom["MRI"]
     res = fuse_images(mri, phantom["CT"], FusionSettings(task="CT-MRI", device="cpu", ct_window=400, ct_level=100),
@@ -143,12 +145,12 @@ def test_content_box_grows_to_multiples_and_stays_inside():
     assert y1 == 200 and x1 == 220 and 0 <= y0 and 0 <= x0
 
 
-def test_fast_path_matches_reference_on_a_head(seeded_model):
+@pytest.mark.slow
+def test_fast_path_matches_reference_on_a_head(seeded_model, phantom_2mm):
     """Air skipping + bf16 against the fp32 full-slice reference, on a phantom head at 2 mm (lots of air)."""
     from ECFusionLib.intensity import map_ct, map_mri
-    from ECFusionLib.phantom import make_phantom
 
-    ph = make_phantom(size=(90, 108, 90), seed=3, spacing=2.0)
+    ph = phantom_2mm
     mri, _ = map_mri(array(ph["MRI"])[::3])
     ct, _ = map_ct(array(resample_onto(ph["CT"], ph["MRI"]))[::3])
     mri, ct = (np.pad(x, ((0, 0), (40, 40), (40, 40))) for x in (mri, ct))  # a field of view larger than the head

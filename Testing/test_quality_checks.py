@@ -147,6 +147,7 @@ def hot_phantom():
     return ph, lesion, rgb
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["bundled", "seeded"])
 def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file):
     """PET-Heat at default settings: with the rule on (default) the lesion's fused colour reads back through the colour

@@ -12,9 +12,8 @@ HEAD_CENTRE = (0.0, 0.0, -5.0)
 
 
 @pytest.fixture(scope="module")
-def pair():
-    ph = make_phantom(size=(90, 108, 90), seed=3, spacing=2.0)  # T1 at 2 mm, PET at 8 mm: different contrast
-    return ph["MRI"], ph["PET"]
+def pair(phantom_2mm):
+    return phantom_2mm["MRI"], phantom_2mm["PET"]  # T1 at 2 mm, PET at 8 mm: different contrast
 
 
 def known_motion(deg=(12.0, -8.0, 10.0), shift=(15.0, -12.0, 9.0)):
@@ -40,6 +39,7 @@ def errors(found: sitk.Transform, truth: sitk.Transform):
     return angle, float(np.linalg.norm((a @ c - b @ c)[:3]))
 
 
+@pytest.mark.slow
 def test_rigid_recovers_a_known_motion(pair):
     mri, pet = pair
     motion = known_motion()
@@ -51,6 +51,7 @@ def test_rigid_recovers_a_known_motion(pair):
     assert before.misaligned and not after.misaligned and after.dice > before.dice
 
 
+@pytest.mark.slow
 def test_aligned_pair_stays_put():
     # at 1.5 mm (PET at 6 mm): on the coarser 2 mm pair the 8 mm PET voxels bias the optimum by ~0.5 degrees
     ph = make_phantom(size=(121, 145, 121), seed=3, spacing=1.5)
@@ -63,6 +64,7 @@ def test_aligned_pair_stays_put():
     assert moved < 1.0
 
 
+@pytest.mark.slow
 def test_affine_mode_returns_affine(pair):
     mri, pet = pair
     found = register(mri, moved_copy(pet, known_motion((5, 0, 0), (5, 0, 0))), "affine", iterations=60)
@@ -71,6 +73,7 @@ def test_affine_mode_returns_affine(pair):
         register(mri, pet, "elastic")
 
 
+@pytest.mark.slow
 def test_register_and_fuse_commands(tmp_path, pair, weights_file, capsys):
     mri, pet = pair
     mri_path, pet_path = tmp_path / "mri.nrrd", tmp_path / "pet_moved.nrrd"

@@ -16,6 +16,7 @@ from ECFusionLib import weights as W
 from ECFusionLib.engine import fuse_volume, make_runner
 from ECFusionLib.errors import ECFusionError, WeightsError
 from ECFusionLib.network import POSITION_CACHE, ECFusionNet, FusedECFusion
+from helpers import random_volumes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +43,7 @@ def tiny():
 
 
 def _vols(shape=(4, 24, 28), seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)
+    return random_volumes(shape, seed)
 
 
 def test_second_architecture_goes_through_create_model_loader_engine_and_cli(tiny, tmp_path, monkeypatch, capsys):

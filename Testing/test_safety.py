@@ -28,15 +28,10 @@ from ECFusionLib.phantom import make_phantom
 from ECFusionLib.safe_files import MARKER, atomic_write, file_mode, remove_stale_temporaries, same_file
 from ECFusionLib.volume_io import read_image
 
-from conftest import SMALL, file_digest
+from conftest import SMALL
+from helpers import file_digest, run_cli as run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def usage_error(capsys, *argv):
@@ -179,6 +174,7 @@ def test_torch_older_than_2_6_is_too_old(version, old):
     assert W.torch_too_old(version) is old
 
 
+@pytest.mark.slow
 def test_result_does_not_depend_on_batch_size(phantom):
     model, info = W.load_model("PET-MRI")
     out = {}
@@ -577,6 +573,7 @@ def test_cancelled_fusion_leaves_nothing_and_exits_130(capsys, monkeypatch, tmp_
     time.sleep(0)
 
 
+@pytest.mark.slow
 def test_register_rigid_shows_progress_time_and_provenance(capsys, tmp_path, inputs, weights_file):
     out = tmp_path / "o.nrrd"
     args = [a for a in fuse_args(inputs["MRI"], inputs["PET"], weights_file, out) if a != "--quiet"]

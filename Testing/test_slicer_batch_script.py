@@ -192,3 +192,20 @@ def test_no_keep_salient_reaches_the_result(tmp_path, phantom_files, weights_fil
     assert script.main(common + ["--output", str(tmp_path / "off.nrrd"), "--no-keep-salient"]) == 0
     assert results[-1].GetAttribute("ECFusion.keep_salient") == "false"
     assert (tmp_path / "off.nrrd").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["off.nrrd"]
+
+
+def test_without_torch_the_script_fuses_with_onnx_runtime(tmp_path, phantom_files):
+    """A Slicer without PyTorch (Slicer's Intel build on a Mac cannot have a torch newer than 2.2.2; many have
+    none): --backend auto falls to ONNX Runtime and the fused volume is written; torch is never imported."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "fused.nrrd"
+    code = ("import runpy, sys; sys.modules['torch'] = None; "  # blocks `import torch` and hides it from find_spec
+            f"sys.argv = ['slicer_batch_fuse.py'] + sys.argv[1:]; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, "--anatomical", phantom_files["MRI"], "--functional",
+                          phantom_files["PET"], "--output", str(out), "--device", "cpu"], capture_output=True,
+                         text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(out))
+    assert img.GetNumberOfComponentsPerPixel() == 3 and img.GetSize() == sitk.ReadImage(phantom_files["MRI"]).GetSize()

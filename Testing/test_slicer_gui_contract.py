@@ -207,7 +207,7 @@ def test_testing_mode_never_installs_and_the_self_test_reports_a_skip(module, mo
 
 def test_without_torch_onnxruntime_is_offered_once_and_installed(module, monkeypatch):
     """An Intel Mac (or any machine) without torch: one question, naming the Mac's limit, then pip installs
-    onnxruntime (pip_ensure on Slicer >= 5.12, pip_install before) and the run goes on; PyTorch is not asked."""
+    onnxruntime with slicer.util.pip_install and the run goes on; PyTorch is not asked."""
     versions = _no_engine(module, monkeypatch, intel_mac=True)
     installs, asked = [], []
     _pytorch_utils(monkeypatch, installs)
@@ -220,7 +220,6 @@ def test_without_torch_onnxruntime_is_offered_once_and_installed(module, monkeyp
     util = types.SimpleNamespace(confirmOkCancelDisplay=lambda text: asked.append(text) or True,
                                  pip_install=pip_install, errorDisplay=lambda text: pytest.fail(text))
     monkeypatch.setattr(module.slicer, "util", util, raising=False)
-    monkeypatch.delattr(module.slicer, "packaging", raising=False)
     assert module.ensure_dependencies(interactive=True) is True
     assert installs == ["onnxruntime"] and len(asked) == 1
     assert "Intel build" in asked[0] and "2.2.2" in asked[0] and "ONNX Runtime" in asked[0]

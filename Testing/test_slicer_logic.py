@@ -217,6 +217,7 @@ def test_parameter_node_variant_and_existing_output(scene, phantom, weights_file
     assert out.GetAttribute("ECFusion.precision") == "fp32"  # the parameter reached the engine
 
 
+@pytest.mark.slow
 def test_register_before_fusion_creates_an_editable_transform(scene, weights_file):
     """A PET node misaligned by a known motion: the logic registers it, fuses through the transform, keeps the
     transform node for inspection, and re-uses an edited transform with registration 'none'."""
@@ -327,6 +328,7 @@ def test_displayed_rgb_keeps_the_shown_window_level_on_another_image(scene):
 
 
 # ----------------------------------------------------------------- responsiveness and cancel
+@pytest.mark.slow
 def test_cancel_during_the_last_batch_leaves_no_node(scene, phantom, weights_file):
     nodes = _phantom_nodes(scene, phantom)
     count = scene.GetNumberOfNodes()
@@ -392,6 +394,7 @@ def test_numeric_settings_are_validated(scene, phantom, kwargs, message):
     assert scene.GetNumberOfNodes() == count
 
 
+@pytest.mark.slow
 def test_parameter_node_values_reach_the_logic_as_given(scene, phantom, weights_file):
     """CT level 0 HU is 0 (not the default); an out-of-range value stored in the node is refused; without a chosen
     output every run makes a new node (a previous result is never overwritten silently)."""

@@ -66,6 +66,7 @@ def _read_log(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_train_resume_and_fine_tune(tmp_path):
     data = _tiny_dataset(tmp_path / "data")
     cfg = dict(data=str(data), task="PET-MRI", epochs=2, batch_size=2, lr=1e-3, upsample=False, intensity_weight=1.0,
@@ -200,6 +201,7 @@ def test_holdout_fold_validates_exactly_that_fold(tmp_path):
     assert read_folds(DEFAULT_FOLDS, "CT-MRI")[0] == ["34", "37"]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_and_saved_and_packed_data_trains(tmp_path):
     from ECFusionLib.training import load_checkpoint, pack_pairs, read_packed
 
@@ -281,6 +283,7 @@ def test_gpu_train_script_parses():
     assert bad.returncode == 2 and "unknown option" in bad.stderr
 
 
+@pytest.mark.slow
 def test_training_from_a_packed_file_needs_no_simpleitk(tmp_path):
     """The GPU machine's image has no SimpleITK: training's imports and the packed-data reader must not need it."""
     import subprocess

@@ -49,7 +49,10 @@ def load_folds(path=FOLDS_FILE) -> dict[str, list[list[str]]]:
 
 
 def check_name(task: str) -> str:
-    return "bone" if task == "CT-MRI" else "hot"
+    """"bone" or "hot": the task's image check (``evaluation.check_name``)."""
+    from ECFusionLib.evaluation import check_name as full_name
+
+    return full_name(task).split("_")[0]
 
 
 def variant_name(threshold: float, dark: float | None) -> str:
@@ -57,8 +60,11 @@ def variant_name(threshold: float, dark: float | None) -> str:
 
 
 def variants(task: str, thresholds, dark) -> list[tuple[float, float | None]]:
-    """(threshold, dark) pairs tried for ``task``: the MRI condition only for CT-MRI."""
-    return [(t, d) for t in thresholds for d in ([None, *dark] if task == "CT-MRI" else [None])]
+    """(threshold, dark) pairs tried for ``task``: the MRI condition only where the task has one (CT-MRI)."""
+    from ECFusionLib.tasks import task_spec
+
+    has_dark = task_spec(task).salient_dark is not None
+    return [(t, d) for t in thresholds for d in ([None, *dark] if has_dark else [None])]
 
 
 def apply_variant(method: str, f, a, b):
@@ -82,6 +88,7 @@ def score_image(job) -> list[dict]:
 
     from ECFusionLib import metrics as M
     from ECFusionLib.colour import luminance
+    from ECFusionLib.evaluation import check_value
     from ECFusionLib.pairs import read_pair
 
     pair, fused_png, names = job
@@ -97,7 +104,7 @@ def score_image(job) -> list[dict]:
         row = {"name": pair.name, "case": pair.case, "method": method,
                "MI": M.mi(a, b, img), "Qabf": M.qabf(a, b, img), "VIF": M.vif(a, b, img), "SSIM": M.ssim(a, b, img),
                "Qcb": M.qcb_cached(ca, cb, img), "Qcv": M.qcv(a, b, img)}
-        row["check"] = M.bone_kept(a, b, img) if pair.task == "CT-MRI" else M.hot_spots_kept(a, img)
+        row["check"] = check_value(pair.task, a, b, img)
         rows.append(row)
     return rows
 

@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ECFusionLib.tasks import DEVICES, TASK_NAMES  # here, not at the top: main() reports a broken installation
+    from ECFusionLib.tasks import BACKENDS, DEVICES, PRECISIONS, TASK_NAMES  # here, not at the top: main() reports a broken installation
 
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--usage", action="store_true", help="print this help and exit")
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="fused volume file (.nrrd, .nii.gz, .mha); never one of the inputs")
     p.add_argument("--task", help=f"{', '.join(TASK_NAMES)} (default: detected from the file name)")
     p.add_argument("--device", default=DEVICES[0], choices=DEVICES)
+    p.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
+    p.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS,
+                   help="auto: PyTorch when it runs the network (>= 2.2), else ONNX Runtime")
     p.add_argument("--colormap", help="colour node for a scalar PET/SPECT: PET-Heat, PET-Rainbow2, ... or Grey")
     p.add_argument("--window", type=float)
     p.add_argument("--level", type=float)
@@ -127,8 +130,9 @@ def run(args) -> int:
             last[0] = pct // 10
             print(f"fusing {task}: slice {done}/{total}", flush=True)
 
-    out = logic.process(anatomical, functional, task=task, device=args.device, colorNodeID=color_id, window=window,
-                        level=level, weightsPath=args.weights, keepSalient=args.keep_salient, progressCallback=progress)
+    out = logic.process(anatomical, functional, task=task, device=args.device, precision=args.precision,
+                        colorNodeID=color_id, window=window, level=level, weightsPath=args.weights,
+                        keepSalient=args.keep_salient, backend=args.backend, progressCallback=progress)
     save_atomic(out, args.output)
     print(f"wrote {args.output}")
     return 0
