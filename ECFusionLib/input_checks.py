@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .errors import ECFusionError
 from .safe_files import same_file
+from .options import check_number
 from .modality import ANATOMICAL_DICOM_MODALITY as MR, image_modality
 from .tasks import detect_task, task_spec
 
@@ -104,16 +105,10 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) ->
     return warnings
 
 
-def check_numbers(*, batch_size=None, window=None, level=None, ct_window=None, ct_level=None) -> None:
-    """ECFusionError for numeric settings that cannot be right: a batch size below 1, a window that is not a
-    finite number > 0, a level that is not finite (NaN, inf). None means "default"."""
-    import math
-
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ECFusionError(f"batch size must be a whole number >= 1, got {batch_size}")
-    for name, value in (("window", window), ("CT window", ct_window)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ECFusionError(f"{name} must be a finite number > 0 (a width in the image's units), got {value}")
-    for name, value in (("level", level), ("CT level", ct_level)):
-        if value is not None and not math.isfinite(value):
-            raise ECFusionError(f"{name} must be a finite number, got {value}")
+def check_numbers(**values) -> None:
+    """ECFusionError for numeric settings that cannot be right, by the bounds their ``fuse`` option declares
+    (``options.FUSE_OPTIONS``: a batch size below 1 or not whole, a window not > 0, anything not finite).
+    ``values``: {option name: value} of ``options.NUMBER_OPTIONS``; None means "default"."""
+    for name, value in values.items():
+        if value is not None:
+            check_number(name, value)

@@ -2,7 +2,7 @@
 
 - MRI: robust percentiles. low = the 0.5th percentile of all voxels (the background, usually 0),
   high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
-- CT: a Hounsfield window, default the CT-MRI task's (``tasks.TASK_SPECS``: level 40 HU / width 150 HU);
+- CT: a Hounsfield window, default the CT task's (``tasks.WINDOW_DEFAULT``: level 40 HU / width 150 HU);
   configurable.
 - PET/SPECT scalar volumes: window/level (default: ``default_window_level``, the 0.5th percentile to the 99.99th
   percentile of the voxels above it) through a colour map (default: the task's, ``colour.DEFAULT_COLORMAP``)
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from .colour import DEFAULT_COLORMAP, apply_colormap, colormap_table, luminance, to_uint8
-from .tasks import TASK_SPECS
+from .tasks import WINDOW_DEFAULT
 
-DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = TASK_SPECS["CT-MRI"].default_window  # HU
+DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = WINDOW_DEFAULT  # HU
 MRI_PERCENTILES = (0.5, 99.5)
 FUNCTIONAL_PERCENTILES = (0.5, 99.99)  # keep small hot spots (lesions) below saturation
 

@@ -93,6 +93,8 @@ TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),),
              salient_threshold=128.0, salient_dark=30.0),
 )}
+# (window, level) of the window-mapped second image (CT, in HU): the default of a CT window setting (Slicer panel).
+WINDOW_DEFAULT = next(spec.default_window for spec in TASK_SPECS.values() if spec.second_mapping == "window")
 TASK_NAMES = tuple(sorted(TASK_SPECS))  # "CT-MRI", "PET-MRI", "SPECT-MRI": the order shown to users
 # Derived views, kept for the callers that only need one fact.
 TASKS = {name: TASK_SPECS[name].second_modality for name in TASK_NAMES}  # task -> second modality (2D folder name)
