@@ -53,7 +53,7 @@ def fuse_pair_folder(input_dir, output, *, task: str | None = None, quiet: bool 
         for path in (target, sidecar_path(target)):
             refuse_overwriting_inputs(path, [pair.second, pair.mri, settings.get("weights")])
     models = {t: load_network(t, settings.get("weights"), settings.get("model"), settings.get("backend", "auto"),
-                              settings.get("device", "auto"))
+                              settings.get("device", "auto"), settings.get("precision", "auto"))
               for t in dict.fromkeys(p.task for p in pairs)}
     made_dirs, written = [], []
     try:

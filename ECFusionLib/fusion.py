@@ -45,7 +45,7 @@ class FusionSettings:
     ct_level: float | None = None
     weights: str | None = None  # None: the bundled weights of ``model`` or of the task's default model
     model: str | None = None  # a bundled model by name (weights.models), e.g. "ecfusion-v1.pet-mri"
-    backend: str = "auto"  # "torch", "onnxruntime", or auto: torch when installed (backends.py)
+    backend: str = "auto"  # "torch", "onnxruntime", or auto: ONNX Runtime on CPUs, torch on GPUs (backends.py)
     precision: str = "auto"  # bf16 where the hardware has it, else fp32; or force "fp32" / "bf16" (engine.py)
     as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
     keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
@@ -150,7 +150,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     if model is None:
         from .backends import load_network
 
-        model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device)
+        model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device,
+                                           settings.precision)
     axis = slice_axis(anatomical, settings.axis)
     alignment = _alignment(anatomical, second, transform)
     if alignment.misaligned:

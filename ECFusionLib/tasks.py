@@ -17,7 +17,7 @@ from .errors import ECFusionError
 # ---------------------------------------------------------------- option vocabularies (first = default)
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on GPUs and CPUs with native bf16, else fp32 (engine.make_runner)
-BACKENDS = ("auto", "torch", "onnxruntime")  # auto: torch when installed, else ONNX Runtime (backends.resolve_backend)
+BACKENDS = ("auto", "torch", "onnxruntime")  # auto: ONNX Runtime on CPUs, torch on GPUs/bf16 (backends.resolve_backend)
 REGISTRATION_MODES = ("none", "rigid", "affine")  # registration of the second image onto the anatomical one
 REGISTRATION_INITS = ("geometry", "moments")
 AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # slice direction (geometry.slice_axis)
