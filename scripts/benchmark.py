@@ -178,9 +178,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
+    from ECFusionLib.tasks import DEFAULT_TASK
     from ECFusionLib.weights import load_model
 
-    model, _ = load_model("PET-MRI")
+    model, _ = load_model(DEFAULT_TASK)
     stop = mp.Event()
     loader = None
     if args.load:
