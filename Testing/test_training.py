@@ -396,3 +396,21 @@ def test_training_builds_the_architecture_by_name(tmp_path, monkeypatch):
     with pytest.raises(ECFusionError, match="unknown network architecture 'nope'"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2"), "architecture": "nope"}), log=lambda *_: None)
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_checkpoint_of_an_older_version_is_compared_by_its_config(tmp_path):
+    """Checkpoints written before runs recorded their identity: the folder's config.json names the task."""
+    _tiny_dataset(tmp_path / "d", slices=2)
+    _tiny_dataset(tmp_path / "d", slices=2, task="CT-MRI")
+    base = dict(data=str(tmp_path / "d"), out=str(tmp_path / "run"), epochs=1, batch_size=2, upsample=False,
+                steps_per_epoch=1, val_cases=["6"], device="cpu", threads=1, select_metrics=["SSIM"])
+    train(TrainConfig(task="PET-MRI", **base), log=lambda *_: None)
+    last = tmp_path / "run" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    del ck["state"]["run"]
+    torch.save(ck, last)
+    with pytest.raises(ECFusionError, match=r"task: PET-MRI \(this command: CT-MRI\)"):
+        train(TrainConfig(task="CT-MRI", **{**base, "epochs": 2}), log=lambda *_: None)
+    lines = []
+    train(TrainConfig(task="PET-MRI", **{**base, "epochs": 2}), log=lines.append)
+    assert any(line.startswith("resumed from") for line in lines)
