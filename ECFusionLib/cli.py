@@ -16,7 +16,7 @@ from .batch import add_batch_parser, cmd_batch
 from .errors import ECFusionError
 from .options import COUNT, NONNEGATIVE, POSITIVE, POSITIVE_INT, TASK_HELP, add_fuse_options
 from .registry import DEFAULT_ARCHITECTURE
-from .tasks import DEVICES, REGISTRATION_INITS, REGISTRATION_MODES
+from .tasks import DEFAULT_TASK, DEVICES, REGISTRATION_INITS, REGISTRATION_MODES
 
 EPILOG_FUSE = """examples:
   ecfusion fuse --anatomical MRI.nii.gz --functional PET.nii.gz --task PET-MRI --output fused.nrrd
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="fuse the bundled digital phantom (MRI + PET) on the CPU")
     d.add_argument("--output", default="demo_output", help="folder for the phantom and the fused volume")
-    d.add_argument("--task", default="PET-MRI", help=TASK_HELP)
+    d.add_argument("--task", default=DEFAULT_TASK, help=TASK_HELP)
     d.add_argument("--device", default="cpu", choices=DEVICES)
     _add_train_parser(sub)
     sub.add_parser("models", help="list the bundled models (task, architecture, backends) and the architectures")

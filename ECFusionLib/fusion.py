@@ -19,7 +19,7 @@ from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
 from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
-from .intensity import default_window_level, map_ct, map_functional, map_mri, map_rgb, robust_range
+from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, robust_range, second_mapper
 from .registration import alignment_check, transform_provenance
 from .salient import keep_salient
 from .slabs import coarse_grid, float_source, resample_region, slabs
@@ -89,15 +89,9 @@ def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: Fusi
         mapper = lambda part: map_rgb(part, modality)  # noqa: E731
     elif settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
         mapper = lambda part: (None, np.asarray(part, np.uint8), {"modality": modality, "method": "as-is (8-bit)"})  # noqa: E731
-    elif spec.second_mapping == "colormap":  # scalar PET/SPECT: coloured as displayed, then its luminance
-        window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
-        colormap = settings.colormap or spec.default_colormap
-        mapper = lambda part: map_functional(part, modality, colormap, window, level, settings.colormap_table)  # noqa: E731
-    else:  # "window": CT in HU
-        window, level = spec.default_window
-        window = window if settings.ct_window is None else settings.ct_window
-        level = level if settings.ct_level is None else settings.ct_level
-        mapper = lambda part: (None, *map_ct(part, window, level))  # noqa: E731
+    else:  # a scalar second image: its task's mapping (intensity.SECOND_MAPPERS)
+        mapper = second_mapper(spec, sitk.GetArrayViewFromImage(second), settings)
+    map_anatomical = ANATOMICAL_MAPPERS[spec.anatomical_mapping]
     shape = anatomical_view.shape
     colour = second.GetNumberOfComponentsPerPixel() == 3 or (spec.second_mapping == "colormap" and not settings.as_is)
     rgb = np.empty((*shape, 3), np.uint8) if colour and spec.keep_colour else None
@@ -114,7 +108,7 @@ def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: Fusi
         if settings.as_is:
             mri_u8[idx], mri_map = anatomical_view[idx], {"modality": "MRI", "method": "as-is (8-bit)"}
         else:
-            mri_u8[idx], mri_map = map_mri(anatomical_view[idx], value_range=mri_range)
+            mri_u8[idx], mri_map = map_anatomical(anatomical_view[idx], value_range=mri_range)
     return sec_u8, mri_u8, rgb, sec_map, mri_map
 
 

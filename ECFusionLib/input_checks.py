@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from .errors import ECFusionError
 from .safe_files import same_file
 from .options import check_number
-from .modality import ANATOMICAL_DICOM_MODALITY as MR, image_modality
+from .modality import image_modality
 from .tasks import detect_task, task_spec
 
 CT_AIR_HU = -500.0  # a head CT has air near -1000 HU: some voxels lie below this
@@ -64,15 +64,16 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) ->
     """Warnings (each with its likely fix) about inputs that look wrong for ``task``; [] when all is plausible."""
     spec = task_spec(task)
     modality, codes = spec.second_modality, spec.dicom_modalities  # codes: the DICOM Modality values it accepts
-    expected = "/".join(codes)
+    expected, mr = "/".join(codes), spec.anatomical_dicom_modalities  # mr: the anatomical image's codes ("MR")
     warnings = []
     tag_a, tag_f = image_modality(anatomical), image_modality(functional)
-    if tag_a and tag_f and tag_a in codes and tag_f == MR:
-        warnings.append(f"the anatomical image is labelled {tag_a} and the functional one MR: the inputs look "
+    if tag_a and tag_f and tag_a in codes and tag_f in mr:
+        warnings.append(f"the anatomical image is labelled {tag_a} and the functional one {tag_f}: the inputs look "
                         f"swapped; give the MRI as --anatomical and the {modality} as --functional")
         return warnings
-    if tag_a and tag_a != MR:
-        warnings.append(f"the anatomical image is labelled modality {tag_a}, not MR: --anatomical should be the MRI")
+    if tag_a and tag_a not in mr:
+        warnings.append(f"the anatomical image is labelled modality {tag_a}, not {'/'.join(mr)}: --anatomical should "
+                        f"be the {spec.anatomical_modality}")
     if tag_f and tag_f not in codes:
         likely = detect_task(dicom_modality=tag_f)
         fix = f"; did you mean --task {likely}?" if likely else ""

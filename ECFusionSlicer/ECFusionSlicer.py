@@ -356,10 +356,11 @@ class ECFusionSlicerTest(ScriptedLoadableModuleTest):
 
         from ECFusionLib.errors import CancelledError
         from ECFusionLib.phantom import make_phantom
+        from ECFusionLib.tasks import task_of_modality
         from ECFusionLib.weights import catalogue
 
-        if "PET-MRI" not in catalogue():
-            self.delayDisplay("ECFusion self-test skipped: no bundled PET-MRI weights")
+        if task_of_modality("PET") not in catalogue():  # the phantom's PET
+            self.delayDisplay("ECFusion self-test skipped: no bundled PET weights")
             return
         self.delayDisplay("Building a small phantom")
         ph = make_phantom(size=(40, 48, 40), seed=3, spacing=4.5)

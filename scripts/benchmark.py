@@ -220,9 +220,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         onnx_backend.DEFAULT_THREADS = args.threads
     dev = resolve_device(args.device)
+    from ECFusionLib.tasks import DEFAULT_TASK
     from ECFusionLib.weights import load_model
 
-    model, _ = load_model("PET-MRI")
+    model, _ = load_model(DEFAULT_TASK)
     stop = mp.Event()
     loader = None
     if args.load:

@@ -48,20 +48,19 @@ def display_volumes(mri_path: Path, second_path: Path, fused_path: Path, task: s
     """(MRI grey u8, second as displayed RGB u8, fused RGB u8), each z, y, x(, 3) on the MRI grid in LPS order,
     with the same intensity mappings ``fuse_images`` uses."""
     from ECFusionLib.geometry import resample_onto
-    from ECFusionLib.intensity import default_window_level, map_ct, map_functional, map_mri
+    from ECFusionLib.intensity import ANATOMICAL_MAPPERS, second_mapper
+    from ECFusionLib.tasks import task_spec
 
     mri = sitk.ReadImage(str(mri_path), sitk.sitkFloat32)
     second = sitk.ReadImage(str(second_path), sitk.sitkFloat32)
     fused = sitk.ReadImage(str(fused_path))
     moved = resample_onto(second, mri)
     lps = lambda img: sitk.DICOMOrient(img, "LPS")  # noqa: E731 - array axes z (S), y (P), x (L)
-    mri_u8, _ = map_mri(sitk.GetArrayFromImage(mri))
-    if task == "CT-MRI":
-        ct_u8, _ = map_ct(sitk.GetArrayFromImage(moved))
-        sec_rgb = np.repeat(ct_u8[..., None], 3, -1)
-    else:
-        w, l = default_window_level(sitk.GetArrayViewFromImage(second), None, None)
-        sec_rgb, _, _ = map_functional(sitk.GetArrayFromImage(moved), task.split("-")[0], None, w, l)
+    spec = task_spec(task)  # mapped as fuse_images maps them (intensity.SECOND_MAPPERS / ANATOMICAL_MAPPERS)
+    mri_u8, _ = ANATOMICAL_MAPPERS[spec.anatomical_mapping](sitk.GetArrayFromImage(mri))
+    sec_rgb, sec_u8, _ = second_mapper(spec, sitk.GetArrayViewFromImage(second))(sitk.GetArrayFromImage(moved))
+    if sec_rgb is None:  # a grey second image (CT)
+        sec_rgb = np.repeat(sec_u8[..., None], 3, -1)
     def as_lps(arr, vector):
         img = sitk.GetImageFromArray(arr, isVector=vector)
         img.CopyInformation(mri)
@@ -155,25 +154,28 @@ def main(argv=None) -> int:
     p.add_argument("--colin", help="Colin27 T1 (ch2.nii.gz from mricron-data), optional")
     p.add_argument("--phantom-spacing", type=float, default=1.5, help="mm; the CT-MRI phantom's MRI grid")
     args = p.parse_args(argv)
+    from ECFusionLib.tasks import task_of_modality
+
     real, out = Path(args.real3d), Path(args.out)
     t1 = real / "T1_ICBM152avg.nii.gz"
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        figure("pet-mri_icbm152", t1, real / "PET_H2O15_avg12.nii.gz", "PET-MRI", out, tmp)
-        figure("spect-mri_icbm152", t1, real / "SPECT_HMPAO_avg90.nii.gz", "SPECT-MRI", out, tmp)
+        pet, spect, ct = (task_of_modality(m) for m in ("PET", "SPECT", "CT"))
+        figure("pet-mri_icbm152", t1, real / "PET_H2O15_avg12.nii.gz", pet, out, tmp)
+        figure("spect-mri_icbm152", t1, real / "SPECT_HMPAO_avg90.nii.gz", spect, out, tmp)
         if args.colin:
-            figure("pet-mri_colin27", Path(args.colin), real / "PET_H2O15_avg12.nii.gz", "PET-MRI", out, tmp)
+            figure("pet-mri_colin27", Path(args.colin), real / "PET_H2O15_avg12.nii.gz", pet, out, tmp)
         from ECFusionLib.phantom import make_phantom
 
         s = args.phantom_spacing
         ph = make_phantom(size=tuple(int(round(n / s)) for n in (181, 217, 181)), seed=0, spacing=s)
         for k in ("MRI", "CT", "PET"):
             sitk.WriteImage(ph[k], str(tmp / f"phantom_{k.lower()}.nrrd"))
-        figure("ct-mri_phantom", tmp / "phantom_mri.nrrd", tmp / "phantom_ct.nrrd", "CT-MRI", out, tmp)
+        figure("ct-mri_phantom", tmp / "phantom_mri.nrrd", tmp / "phantom_ct.nrrd", ct, out, tmp)
         # the phantom PET through its hot lesion (the lesion is the hottest PET spot: white under PET-Heat)
         mri_u8, sec_rgb, *_ = display_volumes(tmp / "phantom_mri.nrrd", tmp / "phantom_pet.nrrd",
-                                               tmp / "ct-mri_phantom.nrrd", "PET-MRI")
-        figure("pet-mri_phantom_lesion", tmp / "phantom_mri.nrrd", tmp / "phantom_pet.nrrd", "PET-MRI", out, tmp,
+                                               tmp / "ct-mri_phantom.nrrd", pet)
+        figure("pet-mri_phantom_lesion", tmp / "phantom_mri.nrrd", tmp / "phantom_pet.nrrd", pet, out, tmp,
                point=hottest_point(sec_rgb, mri_u8))
     return 0
 
