@@ -14,7 +14,7 @@ from .batch import add_batch_parser, cmd_batch
 from .colour import COLORMAPS
 from .errors import ECFusionError
 from .intensity import DEFAULT_CT_LEVEL, DEFAULT_CT_WINDOW
-from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES
+from .tasks import AXES, DEVICES, PRECISIONS, REGISTRATION_INITS, REGISTRATION_MODES, TASK_NAMES, check_task
 
 TASK_HELP = ", ".join(TASK_NAMES)
 
@@ -109,9 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init", default="geometry", choices=REGISTRATION_INITS,
                    help="start from the image centres (geometry) or the centres of mass (moments)")
 
-    e = sub.add_parser("evaluate", help="fusion metrics of fused PNGs against their source pairs")
-    e.add_argument("--input-dir", required=True, help="source pairs: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
-    e.add_argument("--fused", required=True, help="fused images: FUSED/<task>/<name>.png")
+    e = sub.add_parser("evaluate", help="fusion metrics of fused PNGs against their source pairs, or of a 3D fusion "
+                                        "against a 50/50 blend (--anatomical, --functional)")
+    e.add_argument("--input-dir", help="source pairs: ROOT/<task>/{CT|PET|SPECT,MRI}/<name>.png")
+    e.add_argument("--fused", help="fused images: FUSED/<task>/<name>.png")
+    e.add_argument("--anatomical", help="3D: the MRI; fuses it with --functional at the default settings and prints "
+                                        "anatomy kept (fused and a 50/50 blend), bone kept (CT-MRI) and, with "
+                                        "--lesions, focal uptake kept (volume_quality.py)")
+    e.add_argument("--functional", help="3D: the CT, PET or SPECT volume")
+    e.add_argument("--lesions", action="store_true", help="3D PET/SPECT: also write eight lesions (radius 3-10 mm, "
+                                                          "1.3-3x their surroundings, MNI places) and measure them")
+    e.add_argument("--no-keep-salient", dest="keep_salient", action="store_false", help="3D: the rule off")
     e.add_argument("--task", nargs="*", help="tasks to evaluate (default: all present)")
     e.add_argument("--names", nargs="*", help="only these file stems (e.g. a validation split)")
     e.add_argument("--baselines", action="store_true", help="also score pixel-max and pixel-average fusion")
@@ -353,7 +361,7 @@ def fuse_png_folder(args) -> int:
             second.CopyInformation(mri)  # same size (checked): pixel for pixel, whatever the PNG headers say
             settings = _settings(args, pair.task)
             settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
-            result = fuse_images(mri, second, settings, model=model, weights_info=info)
+            result = fuse_images(mri, second, settings, model=model, weights_info=info, label=f"{pair.task}/{pair.name}")
             write_image_atomic(result.image, targets[pair], sidecar=result.metadata)
             written.append(targets[pair])
     except BaseException:
@@ -371,7 +379,41 @@ def fuse_png_folder(args) -> int:
     return 0
 
 
+def cmd_evaluate_3d(args) -> int:
+    """``ecfusion evaluate --anatomical --functional``: the measures of volume_quality.evaluate_volumes."""
+    from .fusion import FusionSettings
+    from .volume_io import read_image
+    from .volume_quality import DEFAULT_LESIONS, evaluate_volumes
+
+    if not args.task or len(args.task) != 1:
+        raise ECFusionError("3D evaluation needs one --task (CT-MRI, PET-MRI or SPECT-MRI)")
+    task = check_task(args.task[0])
+    mri = read_image(args.anatomical, what="anatomical image")
+    second = read_image(args.functional, what="functional image")
+    if mri.GetDimension() != 3 or second.GetDimension() != 3:
+        raise ECFusionError("3D evaluation needs 3D volumes; for 2D pairs use --input-dir and --fused")
+    report = evaluate_volumes(mri, second, FusionSettings(task=task, keep_salient=args.keep_salient),
+                              lesions=DEFAULT_LESIONS if args.lesions else None)
+    a = report["anatomy"]
+    print(f"{'measure':24s} {'fused':>8s} {'blend':>8s} {'ratio':>8s}")
+    for key in ("head", "bright"):
+        print(f"{'anatomy_kept_' + key:24s} {a[key]:8.4f} {a['blend_' + key]:8.4f} {a['ratio_' + key]:8.4f}")
+    if "bone_kept" in report:
+        b = report["bone_kept"]
+        print(f"{'bone_kept':24s} {b['fused']:8.4f} {b['blend']:8.4f} {b['fused'] / b['blend']:8.4f}")
+    for row in report.get("lesions", []):
+        name = f"lesion_r{row['radius']:g}mm_x{row['factor']:g}"
+        print(f"{name:24s} {row['fused']:8.2f} {row['blend']:8.2f} {row['ratio']:8.4f}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    if args.anatomical or args.functional:
+        if not (args.anatomical and args.functional):
+            raise ECFusionError("3D evaluation needs both --anatomical and --functional")
+        return cmd_evaluate_3d(args)
+    if not (args.input_dir and args.fused):
+        raise ECFusionError("evaluate needs --input-dir and --fused (2D pairs), or --anatomical and --functional (3D)")
     import csv
     from pathlib import Path
 

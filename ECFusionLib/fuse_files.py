@@ -293,7 +293,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     if model is None:
         model, info = load_model(task, request.weights)
     units = _pet_units(request, task, second)
-    for warning in input_warnings(task, anatomical.image, second.image):
+    given = request.ct_window is not None or request.ct_level is not None
+    for warning in input_warnings(task, anatomical.image, second.image, ct_window_given=given):
         log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
     settings = FusionSettings(task=task, device=request.device, batch_size=request.batch_size, axis=request.axis,
@@ -301,7 +302,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
                               level=request.level, ct_window=request.ct_window, ct_level=request.ct_level,
                               weights=request.weights, keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
-                         progress=progress, cancel=cancel, transform=transform)
+                         progress=progress, cancel=cancel, transform=transform,
+                         registered=transform is not None and request.register != "none")
     mode = request.register if request.register != "none" else (f"file {request.transform}" if request.transform else "none")
     extra = {"registration": transform_provenance(transform, mode),
              "inputs": {"anatomical": anatomical.provenance, "functional": second.provenance},

@@ -60,7 +60,7 @@ __all__ = ["FusionSettings", "FusionResult", "fuse_images", "default_window_leve
 def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSettings, *,
                 model=None, weights_info: dict | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                transform: sitk.Transform | None = None) -> FusionResult:
+                transform: sitk.Transform | None = None, registered: bool = False, label: str = "") -> FusionResult:
     """Fuse the anatomical image (MRI) with the second image (CT, PET or SPECT; scalar or RGB) on the anatomical grid.
 
     What is done with each image follows the task's ``tasks.TaskSpec`` (intensity mapping, colour kept or not).
@@ -73,6 +73,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
             task's bundled weights; pass ``weights_info`` with it for the metadata.
         progress, cancel: see ``engine.fuse_volume``.
         transform: maps anatomical physical points to the second image's space (optional).
+        registered: ``transform`` comes from a registration that just succeeded: no misalignment warning.
+        label: names the pair in the misalignment warning (2D pairs).
     Returns:
         FusionResult: the image (RGB uint8 when the task keeps colour and the second image has it, else grey
         uint8) and its provenance metadata. The inputs are not modified.
@@ -90,11 +92,11 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     axis = slice_axis(anatomical, settings.axis)
 
     moved = resample_onto(second, anatomical, transform)
-    alignment = alignment_check(anatomical, moved)
-    if alignment.misaligned:
+    alignment = alignment_check(anatomical, moved, label=label)
+    if alignment.misaligned and not registered:
         log.warning(alignment.message())
     sec = sitk.GetArrayFromImage(moved)
-    rgb = None
+    rgb = values = None
     if settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
         mri_u8, mri_map = np.asarray(sitk.GetArrayViewFromImage(anatomical), np.uint8), {"modality": "MRI", "method": "as-is (8-bit)"}
         if moved.GetNumberOfComponentsPerPixel() == 3:
@@ -107,6 +109,7 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         window, level = default_window_level(sitk.GetArrayViewFromImage(second), settings.window, settings.level)
         colormap = settings.colormap or spec.default_colormap
         rgb, sec_u8, sec_map = map_functional(sec, modality, colormap, window, level, settings.colormap_table)
+        values = sec  # the keep-salient rule's focal uptake is relative to these (salient.focal_weight)
     else:  # "window": CT in HU
         window, level = spec.default_window
         sec_u8, sec_map = map_ct(sec, window if settings.ct_window is None else settings.ct_window,
@@ -114,12 +117,13 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     rgb = rgb if spec.keep_colour else None
     if not settings.as_is:
         mri_u8, mri_map = map_mri(sitk.GetArrayViewFromImage(anatomical))
-    del sec
+    del sec  # ``values`` keeps it only where the focal rule needs it
 
     fused_y, info = fuse_volume(model, sec_u8, mri_u8, axis=axis, device=settings.device,
                                 batch_size=settings.batch_size, progress=progress, cancel=cancel,
                                 precision=settings.precision)
-    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient, anatomical=mri_u8)  # salient.py
+    fused_y = keep_salient(fused_y, sec_u8, task, settings.keep_salient, anatomical=mri_u8,  # salient.py
+                           values=values, spacing=anatomical.GetSpacing()[::-1])
     if rgb is not None:
         out = sitk.GetImageFromArray(recolour(fused_y, rgb), isVector=True)
     else:
@@ -133,7 +137,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
         "output": "RGB uint8 (fused Y + functional CbCr)" if rgb is not None else "grey uint8",
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
-                      "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
+                      "nmi": round(alignment.nmi, 4), "residual_mm": round(alignment.residual_mm, 2),
+                      "misaligned": alignment.misaligned},
         "registration": transform_provenance(transform, "given transform"),
         "keep_salient": bool(settings.keep_salient),
     }
