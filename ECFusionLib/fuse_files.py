@@ -300,7 +300,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     if model is None:
         model, info = load_model(task, request.weights, request.model, backend, request.device)
     units = _pet_units(request, task, second)
-    for warning in input_warnings(task, anatomical.image, second.image):
+    given = request.ct_window is not None or request.ct_level is not None
+    for warning in input_warnings(task, anatomical.image, second.image, ct_window_given=given):
         log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
     PHASES.debug("read")
@@ -310,7 +311,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
                               weights=request.weights, model=request.model, backend=request.backend,
                               keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
-                         progress=progress, cancel=cancel, transform=transform)
+                         progress=progress, cancel=cancel, transform=transform,
+                         registered=transform is not None and request.register != "none")
     mode = request.register if request.register != "none" else (f"file {request.transform}" if request.transform else "none")
     extra = {"registration": transform_provenance(transform, mode),
              "inputs": {"anatomical": anatomical.provenance, "functional": second.provenance},
