@@ -18,7 +18,7 @@ CHECK_TARGET = 0.95  # issue 14: bone kept / hot spots kept
 
 def check_name(task: str) -> str:
     """The task's image check: "bone_kept" (a CT, shown grey) or "hot_kept" (PET/SPECT, the hottest uptake)."""
-    return "bone_kept" if task_spec(task).second_modality == "CT" else "hot_kept"
+    return task_spec(task).image_check
 
 
 def check_value(task: str, a255: np.ndarray, b255: np.ndarray, f255: np.ndarray) -> float:

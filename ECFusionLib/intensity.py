@@ -2,7 +2,7 @@
 
 - MRI: robust percentiles. low = the 0.5th percentile of all voxels (the background, usually 0),
   high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
-- CT: a Hounsfield window, default the CT-MRI task's (``tasks.TASK_SPECS``: level 40 HU / width 150 HU);
+- CT: a Hounsfield window, default the CT task's (``tasks.WINDOW_DEFAULT``: level 40 HU / width 150 HU);
   configurable.
 - PET/SPECT scalar volumes: window/level (default: ``default_window_level``, the 0.5th percentile to the 99.99th
   percentile of the voxels above it) through a colour map (default: the task's, ``colour.DEFAULT_COLORMAP``)
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from .colour import DEFAULT_COLORMAP, apply_colormap, colormap_table, luminance, to_uint8
-from .tasks import TASK_SPECS
+from .tasks import WINDOW_DEFAULT
 
-DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = TASK_SPECS["CT-MRI"].default_window  # HU
+DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = WINDOW_DEFAULT  # HU
 MRI_PERCENTILES = (0.5, 99.5)
 FUNCTIONAL_PERCENTILES = (0.5, 99.99)  # keep small hot spots (lesions) below saturation
 
@@ -89,3 +89,38 @@ def map_functional(arr: np.ndarray, modality: str, colormap: str | None = None, 
 def map_rgb(rgb: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray, dict]:
     rgb = to_uint8(rgb)
     return rgb, to_uint8(luminance(rgb)), {"modality": modality, "method": "rgb-luminance"}
+
+
+# ---------------------------------------------------------------- the mappings, keyed by the TaskSpec
+# A mapper turns one part (slab) of a scalar image into (RGB or None, uint8 grey, mapping record). A second
+# image's mapper is built per image by SECOND_MAPPERS[spec.second_mapping](spec, values, settings): ``values`` the
+# image as acquired (for its default window), ``settings`` anything with colormap, colormap_table, window, level,
+# ct_window, ct_level (fusion.FusionSettings; None: all defaults). Adding a mapping = a builder here + its name in
+# tasks.SECOND_MAPPINGS.
+class _Defaults:
+    colormap = colormap_table = window = level = ct_window = ct_level = None
+
+
+def _colormap_mapper(spec, values, settings):
+    """Scalar PET/SPECT: coloured as displayed (the task's colour map unless set; window/level default: the
+    robust range of ``values``), then its luminance."""
+    window, level = default_window_level(values, settings.window, settings.level)
+    colormap = settings.colormap or spec.default_colormap
+    return lambda part: map_functional(part, spec.second_modality, colormap, window, level, settings.colormap_table)
+
+
+def _window_mapper(spec, values, settings):
+    """Scalar CT: a fixed window/level in HU (default: the task's ``default_window``); grey, no colour."""
+    window, level = spec.default_window
+    window = window if settings.ct_window is None else settings.ct_window
+    level = level if settings.ct_level is None else settings.ct_level
+    return lambda part: (None, *map_ct(part, window, level))
+
+
+SECOND_MAPPERS = {"window": _window_mapper, "colormap": _colormap_mapper}  # by TaskSpec.second_mapping
+ANATOMICAL_MAPPERS = {"percentiles": map_mri}  # by TaskSpec.anatomical_mapping: (part, value_range=) -> (u8, record)
+
+
+def second_mapper(spec, values: np.ndarray, settings=None):
+    """The mapper of ``spec``'s scalar second image (see SECOND_MAPPERS); ``settings`` None: the defaults."""
+    return SECOND_MAPPERS[spec.second_mapping](spec, values, settings or _Defaults)

@@ -11,7 +11,6 @@ import SimpleITK as sitk
 from .errors import ECFusionError
 from .tasks import TASK_NAMES, check_task, detect_task
 
-ANATOMICAL_DICOM_MODALITY = "MR"  # the second images' codes are in each TaskSpec's dicom_modalities
 MODALITY_KEYS = ("0008|0060", "Modality")  # DICOM tag as SimpleITK names it; the key the phantom's NRRDs carry
 
 

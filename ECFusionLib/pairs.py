@@ -13,7 +13,7 @@ import numpy as np
 
 from .colour import luminance
 from .errors import ECFusionError
-from .tasks import TASKS, check_task
+from .tasks import TASKS, check_task, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,10 @@ def find_pairs(root: str | Path, tasks=None) -> list[Pair]:
         raise ECFusionError(f"no task folders ({', '.join(TASKS)}) in {root}; expected ROOT/<task>/{{CT|PET|SPECT,MRI}}/<name>.png")
     pairs = []
     for task in names:
-        sec_dir, mri_dir = root / task / TASKS[task], root / task / "MRI"
+        spec = task_spec(task)  # the 2D folder names: ROOT/<name>/<second_modality>, ROOT/<name>/<anatomical_modality>
+        sec_dir, mri_dir = root / task / spec.second_modality, root / task / spec.anatomical_modality
         if not sec_dir.is_dir() or not mri_dir.is_dir():
-            raise ECFusionError(f"{root / task} must contain the folders {TASKS[task]}/ and MRI/")
+            raise ECFusionError(f"{root / task} must contain the folders {sec_dir.name}/ and {mri_dir.name}/")
         seconds = {p.name: p for p in _pngs(sec_dir)}
         mris = {p.name for p in _pngs(mri_dir)}
         for name, p in seconds.items():
@@ -49,7 +50,7 @@ def find_pairs(root: str | Path, tasks=None) -> list[Pair]:
                 pairs.append(Pair(task, p.stem, p, mri_dir / name))
         for folder, alone in ((sec_dir, sorted(set(seconds) - mris)), (mri_dir, sorted(mris - set(seconds)))):
             if alone:
-                partner = "MRI" if folder == sec_dir else TASKS[task]
+                partner = mri_dir.name if folder == sec_dir else sec_dir.name
                 log.warning("%d image(s) in %s have no %s partner of the same name and are skipped: %s%s",
                             len(alone), folder, partner, ", ".join(alone[:5]), " ..." if len(alone) > 5 else "")
     if not pairs:

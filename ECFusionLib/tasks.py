@@ -17,7 +17,7 @@ from .errors import ECFusionError
 # ---------------------------------------------------------------- option vocabularies (first = default)
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on GPUs and CPUs with native bf16, else fp32 (engine.make_runner)
-BACKENDS = ("auto", "torch", "onnxruntime")  # auto: torch when installed, else ONNX Runtime (backends.resolve_backend)
+BACKENDS = ("auto", "torch", "onnxruntime")  # auto: ONNX Runtime on CPUs, torch on GPUs/bf16 (backends.resolve_backend)
 REGISTRATION_MODES = ("none", "rigid", "affine")  # registration of the second image onto the anatomical one
 REGISTRATION_INITS = ("geometry", "moments")
 AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # slice direction (geometry.slice_axis)
@@ -25,7 +25,8 @@ AXES_ANATOMICAL = AXES[:4]  # the ones offered in a user interface
 
 
 SECOND_MAPPINGS = ("window", "colormap")  # implemented in intensity.py (map_ct, map_functional)
-ANATOMICAL_MAPPINGS = ("percentiles",)  # intensity.map_mri
+ANATOMICAL_MAPPINGS = ("percentiles",)  # intensity.ANATOMICAL_MAPPERS (map_mri)
+IMAGE_CHECKS = ("bone_kept", "hot_kept")  # evaluation.check_value
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class TaskSpec:
             toward the second image (salient.py), None = the rule is off for the task.
         salient_dark: the MRI grey level (0-255) below which the rule applies (CT bone under dark T1), None =
             anywhere. Both chosen by cross-validation (model card).
+        image_check: what evaluation checks a fused image keeps: "bone_kept" (metrics.bone_kept: bright bone of a
+            grey second image) or "hot_kept" (metrics.hot_spots_kept: the hottest uptake).
+        anatomical_dicom_modalities: DICOM Modality codes of the anatomical image (input_checks' label check).
+        salient_focal: True: the rule lifts the fused value where the second image has focal uptake above its
+            local background (``salient.focal_weight``, relative, scale-free) instead of above a fixed grey level:
+            PET/SPECT, where a fixed level marks most of a normal brain under PET-Heat (issue 18).
     """
 
     name: str
@@ -61,13 +68,18 @@ class TaskSpec:
     name_patterns: tuple[str, ...] = ()
     salient_threshold: float | None = None
     salient_dark: float | None = None
+    salient_focal: bool = False
     anatomical_modality: str = "MRI"
     anatomical_mapping: str = "percentiles"
+    image_check: str = "hot_kept"
+    anatomical_dicom_modalities: tuple[str, ...] = ("MR",)
 
     def __post_init__(self):
         if self.second_mapping not in SECOND_MAPPINGS or self.anatomical_mapping not in ANATOMICAL_MAPPINGS:
             raise ValueError(f"task {self.name}: mappings must be one of {SECOND_MAPPINGS} (second image) and "
                              f"{ANATOMICAL_MAPPINGS} (anatomical image)")
+        if self.image_check not in IMAGE_CHECKS:
+            raise ValueError(f"task {self.name}: image_check must be one of {IMAGE_CHECKS}")
         if (self.second_mapping == "colormap") != (self.default_colormap is not None) or \
                 (self.second_mapping == "window") != (self.default_window is not None):
             raise ValueError(f"task {self.name}: a 'colormap' mapping needs default_colormap, a 'window' mapping "
@@ -83,16 +95,19 @@ def _word(*alternatives: str) -> str:
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("PET-MRI", "PET", keep_colour=True, second_mapping="colormap", default_colormap="PET-Heat",
              dicom_modalities=("PT",), name_patterns=(_word("pet", "pt", "fdg", "suv", "amyloid", "tau"),),
-             salient_threshold=208.0),  # the highest that keeps a white PET-Heat lesion hot in 3D
+             salient_focal=True),  # focal uptake above its local background (a fixed level lifted 55 % of a head)
     TaskSpec("SPECT-MRI", "SPECT", keep_colour=True, second_mapping="colormap", default_colormap="PET-Rainbow2",
              dicom_modalities=("NM", "ST"),
              name_patterns=(_word("spect", "nm", "hmpao", "ecd", "datscan", "perfusion"),),
-             salient_threshold=128.0),
+             salient_focal=True),
     # [-35, 115] HU: brain grey, bone saturated white, air black, like the AANLIB training CTs
     TaskSpec("CT-MRI", "CT", keep_colour=False, second_mapping="window", default_window=(150.0, 40.0),
              dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),),
-             salient_threshold=128.0, salient_dark=30.0),
+             salient_threshold=128.0, salient_dark=30.0, image_check="bone_kept"),
 )}
+# (window, level) of the window-mapped second image (CT, in HU): the default of a CT window setting (Slicer panel).
+WINDOW_DEFAULT = next(spec.default_window for spec in TASK_SPECS.values() if spec.second_mapping == "window")
+DEFAULT_TASK = "PET-MRI"  # the demo's, the Slicer self-test's and the benchmarks' task (the phantom's PET)
 TASK_NAMES = tuple(sorted(TASK_SPECS))  # "CT-MRI", "PET-MRI", "SPECT-MRI": the order shown to users
 # Derived views, kept for the callers that only need one fact.
 TASKS = {name: TASK_SPECS[name].second_modality for name in TASK_NAMES}  # task -> second modality (2D folder name)
@@ -119,6 +134,15 @@ def task_spec(task: str) -> TaskSpec:
 def second_modality(task: str) -> str:
     """The second image's modality of ``task``, e.g. "PET" for "PET-MRI"."""
     return task_spec(task).second_modality
+
+
+def task_of_modality(modality: str) -> str:
+    """The task whose second image has ``modality`` (e.g. "PET" -> the PET task); ECFusionError if none."""
+    for spec in TASK_SPECS.values():
+        if spec.second_modality.upper() == str(modality).upper():
+            return spec.name
+    raise ECFusionError(f"no task fuses a {modality} image: the second images are "
+                        f"{', '.join(s.second_modality for s in TASK_SPECS.values())}")
 
 
 def detect_task(dicom_modality: str | None = None, name: str | None = None) -> str | None:

@@ -30,8 +30,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin  # noqa: E402
 
 from ECFusionSlicerLib import dependencies  # noqa: E402
-from ECFusionSlicerLib.logic import (CHOICES, DEFAULTS, LIMITS, ECFusionSlicerLogic,  # noqa: E402 (console API)
-                                     first_anatomical_candidate)
+from ECFusionSlicerLib.logic import ECFusionSlicerLogic, first_anatomical_candidate  # noqa: E402 (console API)
+from ECFusionSlicerLib.parameters import CHOICES, DEFAULTS, LIMITS, ProcessSettings  # noqa: E402, F401 (console API)
 
 TORCH_REQUIREMENT = ">=" + ".".join(map(str, dependencies.TORCH_MINIMUM_NETWORK))
 DOUBLE_CLICK_S = 1.0  # an Apply click this soon after starting is the second half of a double-click: ignored
@@ -58,14 +58,15 @@ class ECFusionSlicer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class ECFusionSlicerParameterNode:
-    """Saved with the scene; the names, types and defaults are ECFusionSlicerLib.logic's DEFAULTS, and the choices
-    its CHOICES, which come from ECFusionLib.tasks (the registry the command line reads too).
+    """Saved with the scene; the names, types and defaults are ECFusionSlicerLib.parameters' DEFAULTS, the choices
+    its CHOICES and the limits its LIMITS, which come from ECFusionLib.options (the ``fuse`` options the command line
+    reads too).
 
     Each field bound to a .ui widget (property SlicerParameterName) has a type that one of Slicer's GUI connectors
     accepts (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; checked by Testing/test_slicer_gui_contract.py):
     qMRMLNodeComboBox - a node class or typing.Union of node classes and None; QComboBox - str with Choice;
     QSpinBox - int; QDoubleSpinBox - float; QCheckBox - bool. The spin-box connectors reset the widget's range unless
-    the field carries WithinRange, so the limits are given here (from the logic's LIMITS, which it also checks).
+    the field carries WithinRange, so the limits are given here (from parameters.LIMITS, which the logic also checks).
     The QComboBox connector (QComboBoxToStringableConnector) clears the combo box and adds one item per Choice entry
     when the GUI is connected, so the .ui lists no items: the Choice lists below are the only copy.
     """
@@ -355,10 +356,11 @@ class ECFusionSlicerTest(ScriptedLoadableModuleTest):
 
         from ECFusionLib.errors import CancelledError
         from ECFusionLib.phantom import make_phantom
+        from ECFusionLib.tasks import task_of_modality
         from ECFusionLib.weights import catalogue
 
-        if "PET-MRI" not in catalogue():
-            self.delayDisplay("ECFusion self-test skipped: no bundled PET-MRI weights")
+        if task_of_modality("PET") not in catalogue():  # the phantom's PET
+            self.delayDisplay("ECFusion self-test skipped: no bundled PET weights")
             return
         self.delayDisplay("Building a small phantom")
         ph = make_phantom(size=(40, 48, 40), seed=3, spacing=4.5)

@@ -13,6 +13,7 @@ from ECFusionLib.colour import apply_colormap, colormap_table  # noqa: E402
 from ECFusionLib.errors import CancelledError, ECFusionError, WeightsError  # noqa: E402
 from ECFusionSlicerLib import mrml_volumes as mv  # noqa: E402
 from ECFusionSlicerLib.logic import ECFusionSlicerLogic  # noqa: E402
+from ECFusionSlicerLib.parameters import ProcessSettings  # noqa: E402
 from slicer_helpers import (add_linear_transform, add_volume, ijk2ras, rotation, same_snapshot,  # noqa: E402
                             snapshot, world_positions)
 
@@ -112,7 +113,7 @@ def test_process_pet_writes_rgb_volume_with_provenance(scene, phantom, weights_f
         sh.CreateItem(study, n)
     before = {k: snapshot(n) for k, n in nodes.items()}
     progress = []
-    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
+    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weights=weights_file,
                                             progressCallback=lambda k, n: progress.append((k, n)))
     assert out.IsA("vtkMRMLVectorVolumeNode")
     img = out.GetImageData()
@@ -142,7 +143,7 @@ def test_a_grey_result_is_never_written_into_a_vector_volume(scene, phantom, wei
     before = snapshot(rgb)
     for out, task, functional in ((rgb, "CT-MRI", nodes["CT"]), (label, "PET-MRI", nodes["PET"])):
         with pytest.raises(ECFusionError, match="Create new volume") as err:
-            logic.process(nodes["MRI"], functional, out, task=task, device="cpu", weightsPath=weights_file)
+            logic.process(nodes["MRI"], functional, out, task=task, device="cpu", weights=weights_file)
         assert out.GetClassName() in str(err.value)
     assert same_snapshot(before, snapshot(rgb))
 
@@ -155,7 +156,8 @@ def test_ct_gives_scalar_output_and_task_from_dicom_modality(scene, phantom, wei
         logic.detectTask(nodes["CT"])
     nodes["CT"].SetAttribute("DICOM.Modality", "CT")
     assert logic.detectTask(nodes["CT"]) == "CT-MRI"
-    out = logic.process(nodes["MRI"], nodes["CT"], device="cpu", weightsPath=weights_file, ctWindow=300, ctLevel=50)
+    settings = ProcessSettings(device="cpu", weights=weights_file, ct_window=300, ct_level=50)  # the settings object
+    out = logic.process(nodes["MRI"], nodes["CT"], None, settings)
     assert out.IsA("vtkMRMLScalarVolumeNode") and not out.IsA("vtkMRMLVectorVolumeNode")
     assert json.loads(out.GetAttribute("ECFusion.second_intensity"))["window"] == 300.0
 
@@ -165,25 +167,25 @@ def test_cancel_and_failure_leave_the_scene_unchanged(scene, phantom, weights_fi
     logic = ECFusionSlicerLogic(scene)
     count = scene.GetNumberOfNodes()
     with pytest.raises(CancelledError):
-        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file, cancelCheck=lambda: True)
+        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weights=weights_file, cancelCheck=lambda: True)
     assert scene.GetNumberOfNodes() == count
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     with pytest.raises(WeightsError):
-        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=str(bad))
+        logic.process(nodes["MRI"], nodes["PET"], device="cpu", weights=str(bad))
     assert scene.GetNumberOfNodes() == count
     far = add_volume(scene, np.ones((5, 5, 5), np.float32) * np.arange(5, dtype=np.float32), ijk2ras((1, 1, 1), (900, 0, 0)), "PET far")
     count = scene.GetNumberOfNodes()
     with pytest.raises(ECFusionError, match="do not overlap"):
-        logic.process(nodes["MRI"], far, device="cpu", weightsPath=weights_file)
+        logic.process(nodes["MRI"], far, device="cpu", weights=weights_file)
     with pytest.raises(ECFusionError, match="must not be one of the inputs"):
-        logic.process(nodes["MRI"], nodes["PET"], nodes["MRI"], device="cpu", weightsPath=weights_file)
+        logic.process(nodes["MRI"], nodes["PET"], nodes["MRI"], device="cpu", weights=weights_file)
     assert scene.GetNumberOfNodes() == count
 
 
 def test_rgb_output_round_trips_through_slicer_nrrd_storage(scene, phantom, weights_file, tmp_path):
     nodes = _phantom_nodes(scene, phantom)
-    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file)
+    out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weights=weights_file)
     path = str(tmp_path / "fused.nrrd")
     storage = out.CreateDefaultStorageNode()
     storage.SetFileName(path)
@@ -236,8 +238,8 @@ def test_register_before_fusion_creates_an_editable_transform(scene, weights_fil
         nodes[key] = add_volume(scene, sitk.GetArrayFromImage(img), m, {"MRI": "T1", "PET": "PET moved"}[key])
     before = snapshot(nodes["PET"])
     logic = ECFusionSlicerLogic(scene)
-    out = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file,
-                        registration="rigid")
+    out = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weights=weights_file,
+                        register="rigid")
     tx = scene.GetNodeByID(out.GetAttribute("ECFusion.registration_transform"))
     assert tx.IsA("vtkMRMLLinearTransformNode") and tx.GetName() == "PET moved to T1 (ECFusion)"
     m = vtk.vtkMatrix4x4()
@@ -252,7 +254,7 @@ def test_register_before_fusion_creates_an_editable_transform(scene, weights_fil
     assert same_snapshot(before, snapshot(nodes["PET"]))  # the PET itself was not moved
     # re-run with the (edited) transform and no new registration
     count = scene.GetNumberOfNodes()
-    out2 = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weightsPath=weights_file,
+    out2 = logic.process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu", weights=weights_file,
                          registrationTransformNode=tx)
     assert out2.GetAttribute("ECFusion.registration") == "given transform"
     assert scene.GetNumberOfNodes() == count + 1 + 1  # the output volume and its display node; no new transform
@@ -304,7 +306,7 @@ def test_pet_colours_are_the_displayed_colours_with_auto_window_level(scene, wei
     shown = (d.GetWindow(), d.GetLevel())
     assert shown[0] > 30  # the auto range includes the bladder, outside the MRI (the head alone: about 10)
     before = snapshot(pet)
-    out = ECFusionSlicerLogic(scene).process(mri, pet, task="PET-MRI", device="cpu", weightsPath=weights_file)
+    out = ECFusionSlicerLogic(scene).process(mri, pet, task="PET-MRI", device="cpu", weights=weights_file)
     assert (d.GetWindow(), d.GetLevel()) == shown and same_snapshot(before, snapshot(pet))
     info = json.loads(out.GetAttribute("ECFusion.functional_display"))
     assert (info["window"], info["level"]) == pytest.approx(shown)
@@ -340,7 +342,7 @@ def test_cancel_during_the_last_batch_leaves_no_node(scene, phantom, weights_fil
     phases = []
     with pytest.raises(CancelledError):
         ECFusionSlicerLogic(scene).process(
-            nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file, batchSize=4, progressCallback=progress,
+            nodes["MRI"], nodes["PET"], device="cpu", weights=weights_file, batch_size=4, progressCallback=progress,
             cancelCheck=lambda: state["done"] == state["total"], statusCallback=phases.append)
     assert state["done"] == state["total"] > 0  # every batch ran, then the cancel was honoured
     assert scene.GetNumberOfNodes() == count
@@ -355,7 +357,7 @@ def test_every_phase_checks_cancel(scene, phantom, weights_file, stop_at):
     count = scene.GetNumberOfNodes()
     seen = []
     with pytest.raises(CancelledError):
-        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weights=weights_file,
                                            statusCallback=seen.append, cancelCheck=lambda: stop_at in seen)
     assert seen[-1] == stop_at and scene.GetNumberOfNodes() == count
 
@@ -370,21 +372,23 @@ def test_cancel_during_registration_adds_no_transform(scene, phantom, weights_fi
         return calls[0] > 12  # a few optimizer iterations in
 
     with pytest.raises(CancelledError):
-        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weightsPath=weights_file,
-                                           registration="rigid", cancelCheck=cancel)
+        ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], device="cpu", weights=weights_file,
+                                           register="rigid", cancelCheck=cancel)
     assert scene.GetNumberOfNodes() == count and calls[0] < 40
 
 
 # ----------------------------------------------------------------- input checks
 @pytest.mark.parametrize("kwargs, message", [
-    ({"batchSize": -1}, "batchSize must be between 0 and 256"),
-    ({"batchSize": 2.5}, "whole number"),
-    ({"ctWindow": 0}, "ctWindow must be between 1"),
-    ({"ctWindow": -150}, "ctWindow must be between 1"),
-    ({"ctLevel": float("nan")}, "ctLevel must be a finite number"),
+    ({"batch_size": -1}, "batch_size must be between 0 and 256"),
+    ({"batch_size": 2.5}, "whole number"),
+    ({"ct_window": 0}, "ct_window must be between 1"),
+    ({"ct_window": -150}, "ct_window must be between 1"),
+    ({"ct_level": float("nan")}, "ct_level must be a finite number"),
     ({"window": float("inf")}, "window must be a finite number"),
-    ({"window": 0}, "window must be between"),
+    ({"window": 0}, "window must be > 0"),
     ({"level": float("nan")}, "level must be a finite number"),
+    ({"register": "elastic"}, "unknown registration 'elastic'"),
+    ({"batchSize": 4}, "unknown setting.*batchSize"),
 ])
 def test_numeric_settings_are_validated(scene, phantom, kwargs, message):
     nodes = _phantom_nodes(scene, phantom)
@@ -419,7 +423,7 @@ def test_parameter_node_values_reach_the_logic_as_given(scene, phantom, weights_
 
 
 def node_reference_or_none(p):
-    from ECFusionSlicerLib.logic import node_reference
+    from ECFusionSlicerLib.parameters import node_reference
 
     return node_reference(p, "outputVolume")
 
@@ -455,7 +459,7 @@ def test_scene_without_colour_nodes_colours_in_grey(phantom, weights_file):
         nodes[key] = add_volume(scene, sitk.GetArrayFromImage(img), m, key)
     assert nodes["PET"].GetDisplayNode().GetColorNode() is None
     out = ECFusionSlicerLogic(scene).process(nodes["MRI"], nodes["PET"], task="PET-MRI", device="cpu",
-                                            weightsPath=weights_file)
+                                            weights=weights_file)
     assert json.loads(out.GetAttribute("ECFusion.functional_display"))["colorNode"] == "Grey"
     arr = mv.array_from_volume(out).astype(int)
     assert np.abs(arr[..., 0] - arr[..., 1]).max() <= 2  # grey in, grey out
@@ -487,7 +491,7 @@ def test_the_logic_leaves_the_process_settings_alone(phantom, weights_file):
             "a.SetAndObserveImageData(mv.image_data_from_array((np.indices((8, 32, 32)).sum(0) * 10).astype(np.float32))); "
             "a.CreateDefaultDisplayNodes(); b = s.AddNewNodeByClass('vtkMRMLScalarVolumeNode', 'CT'); "
             "b.SetAndObserveImageData(mv.image_data_from_array((np.indices((8, 32, 32)).sum(0) * 20 - 500).astype(np.float32))); "
-            "b.CreateDefaultDisplayNodes(); ECFusionSlicerLogic(s).process(a, b, task='CT-MRI', device='cpu', weightsPath=%r); "
+            "b.CreateDefaultDisplayNodes(); ECFusionSlicerLogic(s).process(a, b, task='CT-MRI', device='cpu', weights=%r); "
             "from ECFusionLib import runtime; print(os.environ.get('OMP_WAIT_POLICY'), runtime._ALLOCATOR_TUNED)"
             ) % (str(mv.__file__.rsplit("/ECFusionSlicerLib", 1)[0]), str(Path(mv.__file__).parents[2]), weights_file)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)

@@ -58,7 +58,7 @@ def test_ui_widgets_bind_to_the_parameter_node_and_logic():
                 bound[prop.find("string").text] = w.get("name")
     fields = _parameter_fields()
     assert set(bound) | BOUND_BY_HAND == fields
-    from ECFusionSlicerLib.logic import PARAMETERS
+    from ECFusionSlicerLib.parameters import PARAMETERS
 
     assert set(PARAMETERS) <= fields
     names = {w.get("name") for w in root.iter("widget")}
@@ -126,7 +126,7 @@ def test_fusion_path_needs_only_what_slicer_ships_plus_torch():
 def test_widget_wrapper_takes_its_defaults_and_choices_from_the_logic():
     """One place for each fact: the wrapper's defaults are the logic's DEFAULTS and its Choice lists the logic's
     CHOICES (ECFusionLib.tasks), never literal copies. Their values are compared in test_slicer_gui_contract.py."""
-    from ECFusionSlicerLib.logic import CHOICES, DEFAULTS
+    from ECFusionSlicerLib.parameters import CHOICES, DEFAULTS
 
     tree = ast.parse((MODULE / "ECFusionSlicer.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ECFusionSlicerParameterNode")

@@ -146,8 +146,11 @@ def test_salient_term_zero_and_positive_where_expected_and_its_gradient_flows():
     assert (g[4:12, 12:] == 0).all() and (g[12:] == 0).all()  # ... and nowhere else
     no_bone = _u(np.full((24, 24), 100.0))  # CT below the threshold: no salient pixel, term 0 whatever F is
     assert loss(no_bone, b, _u(np.zeros((24, 24))))["salient"].item() == 0
-    # PET/SPECT-MRI: the top range of the functional Y (threshold 208 for PET-MRI), the MRI anywhere
-    pet_loss = FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0))
+    # PET/SPECT-MRI: the inference rule is relative (salient.focal_weight) and has no fixed level since issue 18;
+    # training takes one explicitly: the top range of the functional Y (above 208), the MRI anywhere
+    with pytest.raises(ECFusionError, match="--salient-threshold"):
+        FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0))
+    pet_loss = FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0, salient_threshold=208.0))
     pet = np.zeros((24, 24), np.float32)
     pet[8:16, 8:16] = 255
     assert pet_loss(_u(pet), _u(np.full((24, 24), 200.0)), _u(np.full((24, 24), 200.0)))["salient"].item() > 0
@@ -396,3 +399,21 @@ def test_training_builds_the_architecture_by_name(tmp_path, monkeypatch):
     with pytest.raises(ECFusionError, match="unknown network architecture 'nope'"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2"), "architecture": "nope"}), log=lambda *_: None)
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_checkpoint_of_an_older_version_is_compared_by_its_config(tmp_path):
+    """Checkpoints written before runs recorded their identity: the folder's config.json names the task."""
+    _tiny_dataset(tmp_path / "d", slices=2)
+    _tiny_dataset(tmp_path / "d", slices=2, task="CT-MRI")
+    base = dict(data=str(tmp_path / "d"), out=str(tmp_path / "run"), epochs=1, batch_size=2, upsample=False,
+                steps_per_epoch=1, val_cases=["6"], device="cpu", threads=1, select_metrics=["SSIM"])
+    train(TrainConfig(task="PET-MRI", **base), log=lambda *_: None)
+    last = tmp_path / "run" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    del ck["state"]["run"]
+    torch.save(ck, last)
+    with pytest.raises(ECFusionError, match=r"task: PET-MRI \(this command: CT-MRI\)"):
+        train(TrainConfig(task="CT-MRI", **{**base, "epochs": 2}), log=lambda *_: None)
+    lines = []
+    train(TrainConfig(task="PET-MRI", **{**base, "epochs": 2}), log=lines.append)
+    assert any(line.startswith("resumed from") for line in lines)

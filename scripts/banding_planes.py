@@ -28,15 +28,13 @@ import SimpleITK as sitk  # noqa: E402
 def mapped_inputs(mri_img, second_img, task):
     """(second u8 (CT or functional Y), MRI u8) on the MRI grid, z y x, mapped as ``fuse_images`` maps them."""
     from ECFusionLib.geometry import resample_onto
-    from ECFusionLib.intensity import default_window_level, map_ct, map_functional, map_mri
+    from ECFusionLib.intensity import ANATOMICAL_MAPPERS, second_mapper
+    from ECFusionLib.tasks import task_spec
 
+    spec = task_spec(task)
     moved = sitk.GetArrayFromImage(resample_onto(second_img, mri_img))
-    if task == "CT-MRI":
-        sec, _ = map_ct(moved)
-    else:
-        w, l = default_window_level(sitk.GetArrayViewFromImage(second_img), None, None)
-        _, sec, _ = map_functional(moved, task.split("-")[0], None, w, l)
-    mri, _ = map_mri(sitk.GetArrayFromImage(mri_img))
+    _, sec, _ = second_mapper(spec, sitk.GetArrayViewFromImage(second_img))(moved)
+    mri, _ = ANATOMICAL_MAPPERS[spec.anatomical_mapping](sitk.GetArrayFromImage(mri_img))
     return sec, mri
 
 
@@ -55,6 +53,7 @@ def slice_scores(sec, mri, fused) -> dict:
 def measure(name, mri_img, second_img, task) -> list[dict]:
     from ECFusionLib import metrics as M
     from ECFusionLib.engine import fuse_volume
+    from ECFusionLib.evaluation import check_value
     from ECFusionLib.salient import keep_salient
     from ECFusionLib.weights import load_model
 
@@ -68,7 +67,7 @@ def measure(name, mri_img, second_img, task) -> list[dict]:
     three = np.rint((fused[0].astype(np.float32) + fused[1] + fused[2]) / 3)
     for label, vol, secs in (("1 plane (axial)", fused[0], fused["t0"]),
                              ("3 planes (mean)", three, fused["t0"] + fused["t1"] + fused["t2"])):
-        check = M.bone_kept(sec, mri, vol) if task == "CT-MRI" else M.hot_spots_kept(sec, vol)
+        check = check_value(task, sec, mri, vol)  # the task's image check (bone kept / hot spots kept)
         row = {"volume": name, "task": task, "planes": label, "shape_zyx": list(vol.shape), "fuse_s": round(secs, 1),
                **{f"banding_{ax}": round(M.banding_ratio(vol, sec, mri, axis=i)["ratio"], 3)
                   for i, ax in enumerate(("z", "y", "x"))},
@@ -90,11 +89,13 @@ def main(argv=None) -> int:
 
     real = Path(args.real3d)
     t1 = sitk.ReadImage(str(real / "T1_ICBM152avg.nii.gz"), sitk.sitkFloat32)
-    for f, task in (("PET_H2O15_avg12.nii.gz", "PET-MRI"), ("SPECT_HMPAO_avg90.nii.gz", "SPECT-MRI")):
-        measure("real3d ICBM152", t1, sitk.ReadImage(str(real / f), sitk.sitkFloat32), task)
+    from ECFusionLib.tasks import task_of_modality
+
+    for f, modality in (("PET_H2O15_avg12.nii.gz", "PET"), ("SPECT_HMPAO_avg90.nii.gz", "SPECT")):
+        measure("real3d ICBM152", t1, sitk.ReadImage(str(real / f), sitk.sitkFloat32), task_of_modality(modality))
     ph = make_phantom(size=(121, 145, 121), seed=0, spacing=1.5)
-    measure("phantom 1.5 mm", ph["MRI"], ph["CT"], "CT-MRI")
-    measure("phantom 1.5 mm", ph["MRI"], ph["PET"], "PET-MRI")
+    for modality in ("CT", "PET"):
+        measure("phantom 1.5 mm", ph["MRI"], ph[modality], task_of_modality(modality))
     return 0
 
 

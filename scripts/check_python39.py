@@ -58,13 +58,14 @@ def pipeline() -> str:
     from ECFusionLib.intensity import map_functional, map_mri
     from ECFusionLib.phantom import make_phantom
     from ECFusionLib.salient import keep_salient
+    from ECFusionLib.tasks import task_of_modality
 
     ph = make_phantom(size=(40, 48, 40), seed=3, spacing=4.5)
     pet = resample_onto(ph["PET"], ph["MRI"])
     mri_y, _ = map_mri(sitk.GetArrayFromImage(ph["MRI"]))
     pet_rgb, pet_y, _ = map_functional(sitk.GetArrayFromImage(pet), "PET")
     fused_y = ((mri_y.astype(np.float32) + pet_y) / 2).astype(np.uint8)  # stands in for the network
-    fused_y = keep_salient(fused_y, pet_y, "PET-MRI", anatomical=mri_y)
+    fused_y = keep_salient(fused_y, pet_y, task_of_modality("PET"), anatomical=mri_y)
     rgb = recolour(fused_y, pet_rgb)
     out = sitk.GetImageFromArray(rgb, isVector=True)
     out.CopyInformation(ph["MRI"])
@@ -89,9 +90,10 @@ def onnx_backend() -> str:
 
     from ECFusionLib.fusion import FusionSettings, fuse_images
     from ECFusionLib.phantom import make_phantom
+    from ECFusionLib.tasks import task_of_modality
 
     ph = make_phantom(size=(40, 48, 40), seed=3, spacing=4.5)
-    result = fuse_images(ph["MRI"], ph["PET"], FusionSettings(task="PET-MRI", device="cpu", backend="onnxruntime"))
+    result = fuse_images(ph["MRI"], ph["PET"], FusionSettings(task=task_of_modality("PET"), device="cpu", backend="onnxruntime"))
     arr = sitk.GetArrayFromImage(result.image)
     assert arr.shape == (40, 48, 40, 3) and float(np.mean(arr)) > 1 and "torch" not in sys.modules
     return f"ONNX Runtime {installed_version('onnxruntime')} fused the phantom without torch"

@@ -37,26 +37,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (--usage for help)")
 
 
+# The ``ecfusion fuse`` options this script offers (ECFusionLib.options declares their types, choices and defaults),
+# with the help texts where the meaning differs here.
+SCRIPT_OPTIONS = ("anatomical", "functional", "output", "task", "device", "precision", "backend", "colormap", "window",
+                  "level", "weights", "keep_salient")
+SCRIPT_HELP = {"anatomical": "MRI volume file", "functional": "CT, PET or SPECT volume file",
+               "output": "fused volume file (.nrrd, .nii.gz, .mha); never one of the inputs",
+               "colormap": "colour node for a scalar PET/SPECT: PET-Heat, PET-Rainbow2, ... or Grey (default: the "
+                           "task's colour map)",
+               "weights": "weights file (default: bundled)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ECFusionLib.tasks import BACKENDS, DEVICES, PRECISIONS, TASK_NAMES  # here, not at the top: main() reports a broken installation
+    import dataclasses
+
+    from ECFusionLib.options import OPTIONS_BY_NAME, TASK_HELP, add_option  # here: main() reports a broken installation
 
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--usage", action="store_true", help="print this help and exit")
-    p.add_argument("--anatomical", help="MRI volume file")
-    p.add_argument("--functional", help="CT, PET or SPECT volume file")
-    p.add_argument("--output", help="fused volume file (.nrrd, .nii.gz, .mha); never one of the inputs")
-    p.add_argument("--task", help=f"{', '.join(TASK_NAMES)} (default: detected from the file name)")
-    p.add_argument("--device", default=DEVICES[0], choices=DEVICES)
-    p.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS)
-    p.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS,
-                   help="auto: PyTorch when it runs the network (>= 2.2), else ONNX Runtime")
-    p.add_argument("--colormap", help="colour node for a scalar PET/SPECT: PET-Heat, PET-Rainbow2, ... or Grey")
-    p.add_argument("--window", type=float)
-    p.add_argument("--level", type=float)
-    p.add_argument("--weights", help="weights file (default: bundled)")
-    p.add_argument("--no-keep-salient", dest="keep_salient", action="store_false",
-                   help="do not apply the rule that keeps the CT bone / the hottest PET-SPECT uptake at least as bright "
-                        "as in the source (ECFusionLib/salient.py; on by default, as in `ecfusion fuse`)")
+    helps = {**SCRIPT_HELP, "task": f"{TASK_HELP} (default: detected from the DICOM modality or the file name)"}
+    for name in SCRIPT_OPTIONS:  # required ones are checked by parse_args (--usage needs none)
+        option = OPTIONS_BY_NAME[name]
+        add_option(p, dataclasses.replace(option, required=False, help=helps.get(name, option.help)))
     return p
 
 
@@ -77,15 +79,14 @@ def in_slicer_app() -> bool:
     return hasattr(slicer, "app") and hasattr(slicer, "mrmlScene")
 
 
-def colour_node_id(scene, name: str | None, task: str) -> str:
+def colour_node_id(scene, name: str | None, spec) -> str:
     """ID of the colour node for a scalar PET/SPECT: a PET colour node (created if missing) or any colour node of
-    the scene by name (Grey, ...); an unknown name is an ECFusionError listing the choices."""
-    from ECFusionLib.colour import DEFAULT_COLORMAP
+    the scene by name (Grey, ...; default: the ``TaskSpec``'s colour map); an unknown name is an ECFusionError
+    listing the choices."""
     from ECFusionLib.errors import ECFusionError
-    from ECFusionLib.tasks import second_modality
     from ECFusionSlicerLib import mrml_volumes as mv
 
-    name = name or DEFAULT_COLORMAP[second_modality(task)]
+    name = name or spec.default_colormap
     node = scene.GetFirstNodeByName(name)
     if node is not None and node.IsA("vtkMRMLColorNode"):
         return node.GetID()
@@ -101,10 +102,10 @@ def run(args) -> int:
     import slicer
 
     from ECFusionLib.safe_files import refuse_overwriting_inputs
-    from ECFusionLib.tasks import check_task, task_spec
     from ECFusionLib.volume_io import check_writable, read_image
     from ECFusionSlicerLib import mrml_volumes as mv
     from ECFusionSlicerLib.logic import ECFusionSlicerLogic
+    from ECFusionSlicerLib.parameters import ProcessSettings
 
     refuse_overwriting_inputs(args.output, [args.anatomical, args.functional], what="--output")
     check_writable(args.output)
@@ -115,12 +116,12 @@ def run(args) -> int:
     anatomical = volumes.AddArchetypeVolume(args.anatomical, Path(args.anatomical).name.split(".")[0])
     functional = volumes.AddArchetypeVolume(args.functional, Path(args.functional).name.split(".")[0])
     logic = ECFusionSlicerLogic(scene)
-    task = check_task(args.task) if args.task else logic.detectTask(functional)
+    spec = logic.taskSpec(functional, args.task)  # resolved once: the spec travels from here
     color_id, window, level = None, args.window, args.level
-    if task_spec(task).keep_colour and functional.GetImageData().GetNumberOfScalarComponents() == 1:
+    if spec.keep_colour and functional.GetImageData().GetNumberOfScalarComponents() == 1:
         from ECFusionLib.fusion import default_window_level
 
-        color_id = colour_node_id(scene, args.colormap, task)
+        color_id = colour_node_id(scene, args.colormap, spec)
         window, level = default_window_level(mv.array_from_volume(functional), window, level)
     last = [-1]
 
@@ -128,11 +129,12 @@ def run(args) -> int:
         pct = int(100 * done / max(total, 1))
         if pct // 10 != last[0]:
             last[0] = pct // 10
-            print(f"fusing {task}: slice {done}/{total}", flush=True)
+            print(f"fusing {spec.name}: slice {done}/{total}", flush=True)
 
-    out = logic.process(anatomical, functional, task=task, device=args.device, precision=args.precision,
-                        colorNodeID=color_id, window=window, level=level, weightsPath=args.weights,
-                        keepSalient=args.keep_salient, backend=args.backend, progressCallback=progress)
+    settings = ProcessSettings(task=spec.name, device=args.device, precision=args.precision, color_node_id=color_id,
+                               window=window, level=level, weights=args.weights, keep_salient=args.keep_salient,
+                               backend=args.backend)
+    out = logic.process(anatomical, functional, settings=settings, progressCallback=progress)
     save_atomic(out, args.output)
     print(f"wrote {args.output}")
     return 0

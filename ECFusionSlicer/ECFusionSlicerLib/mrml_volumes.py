@@ -246,21 +246,32 @@ def volumes_logic(scene):
     raise ValueError("no Volumes logic for this scene: create it with new_scene() outside the Slicer application")
 
 
-def sitk_image_in_world(node):
-    """The node's voxels as a SimpleITK image placed in world space (linear parent transforms applied to the
-    geometry, no resampling). Raises ValueError for a non-linear parent transform."""
+def sitk_image(arr: np.ndarray, ijk2ras: np.ndarray):
+    """``arr`` ((k, j, i) grey or (k, j, i, 3) RGB) as a SimpleITK image with the geometry of ``ijk2ras`` (in LPS)."""
     import SimpleITK as sitk
 
-    m = world_ijk_to_ras(node)
-    if m is None:
-        raise ValueError(f"'{node.GetName()}' is under a non-linear transform: harden it first to register")
-    arr = array_from_volume(node)
     img = sitk.GetImageFromArray(arr, isVector=arr.ndim == 4)
-    origin, spacing, direction = sitk_geometry(m)
+    origin, spacing, direction = sitk_geometry(ijk2ras)
     img.SetOrigin(origin)
     img.SetSpacing(spacing)
     img.SetDirection(direction)
     return img
+
+
+def sitk_image_on(reference, arr: np.ndarray):
+    """``arr``, voxels on ``reference``'s grid, as a SimpleITK image placed where ``reference`` is shown: through
+    its linear parent transforms, or on its own grid under a non-linear one (the fused output then follows it)."""
+    world = world_ijk_to_ras(reference)
+    return sitk_image(arr, world if world is not None else ijk_to_ras(reference))
+
+
+def sitk_image_in_world(node):
+    """The node's voxels as a SimpleITK image placed in world space (linear parent transforms applied to the
+    geometry, no resampling). Raises ValueError for a non-linear parent transform."""
+    m = world_ijk_to_ras(node)
+    if m is None:
+        raise ValueError(f"'{node.GetName()}' is under a non-linear transform: harden it first to register")
+    return sitk_image(array_from_volume(node), m)
 
 
 def lps_to_ras_matrix(m_lps: np.ndarray) -> np.ndarray:
