@@ -73,10 +73,10 @@ def _inline_examples(lines: list[str], fenced: set[int]) -> list[Example]:
     """Inline code spans (one may wrap onto the next line) whose first word is a command word."""
     prose = "\n".join("" if i + 1 in fenced else line for i, line in enumerate(lines))
     out = []
-    for m in re.finditer(r"`([^`]+)`", prose):
-        if "\n\n" in m.group(1):
+    for m in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", prose, flags=re.S):  # `code` or ``code``
+        if "\n\n" in m.group(2):
             continue
-        command = " ".join(m.group(1).split())
+        command = " ".join(m.group(2).split())
         if command.split(" ", 1)[0] in COMMAND_WORDS:
             out.append(Example("inline", command, command, "", prose.count("\n", 0, m.start()) + 1))
     return out

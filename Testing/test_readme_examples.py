@@ -97,6 +97,10 @@ NOT_RUN = {  # README example -> why it does not run here
         "placeholders (T, RUN) and it writes into the repository's model catalogue (a maintainer's step)",
     "python scripts/cross_validate.py --data ../shared/data/aanlib --cache /tmp/ecf-cv": "trains every fold: hours",
     "bash scripts/gpu_train.sh --data .gpu_data/aanlib.npz": "GPU training (paper schedule)",
+    "python scripts/compare_backends.py --anatomical T1 ... --functional PET ... --functional SPECT ...":
+        "placeholders (T1 ...): the real heads of ../shared/data/real3d, both backends, minutes",
+    "python scripts/benchmark_memory.py --anatomical T1.nii.gz --functional PET.nii.gz --task PET-MRI "
+    "[--size 512x512x300]": "a memory benchmark (peak RSS of whole runs on large volumes), minutes",
     "ecfusion train --init-weights bundled": "an option of the train example above (fine-tuning from the bundled "
                                              "weights runs in Testing/test_training.py)",
 }
@@ -193,10 +197,10 @@ def test_every_example_is_run_or_listed():
 def test_the_list_finds_new_examples():
     """The extraction sees a new command line, a new block and a new inline command (so the test above fails)."""
     text = ("# X\n```bash\necfusion fuse --new   # a comment\nsomething \\\n  continued\n```\n\n```python\n"
-            "import new_thing\n```\nRun `python scripts/new.py --x\n1` or `scripts/file.py` (a name).\n")
+            "import new_thing\n```\nRun `python scripts/new.py --x\n1` or `scripts/file.py` (a name), ``a.b`` `bash x`.\n")
     assert [(e.kind, e.key) for e in readme_examples(text)] == [
         ("bash", "ecfusion fuse --new"), ("bash", "something continued"), ("python", "import new_thing"),
-        ("inline", "python scripts/new.py --x 1")]
+        ("inline", "python scripts/new.py --x 1"), ("inline", "bash x")]
 
 
 # ----------------------------------------------------------------------------------------------- ecfusion
@@ -300,16 +304,16 @@ def test_train_starts_and_stops_cleanly(user):
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "ECFusionLib.cli", *words[1:]], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-    log = Path("runs/pet/log.csv")
+    log, last = Path("runs/pet/log.csv"), Path("runs/pet/last.pt")  # last.pt: written (atomically) after the log row
     deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+    while proc.poll() is None and time.monotonic() < deadline and not last.is_file():
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "terminated" in out
     assert log.read_text().splitlines()[1].startswith("1,")
-    assert Path("runs/pet/last.pt").is_file() and hidden("runs") == []
+    assert last.is_file() and hidden("runs") == []
 
 
 # ----------------------------------------------------------------------------------------------- DICOM
@@ -417,7 +421,7 @@ def test_slicer_batch_script(user, head):
 def test_slicer_console_block(user, head):
     """The Slicer console block, executed as written in a Slicer-like Python: Slicer's own `slicer.util` (from
     ../shared/slicer-source) with slicer-core's MRML (Testing/readme_slicer_console.py), a scene holding the
-    phantom as volumes named `T1` and `PET` (shown with PET-Heat)."""
+    phantom as volumes named `T1`, `PET` (shown with PET-Heat) and `CT`."""
     pytest.importorskip("slicer_core")
     from test_slicer_widget_on_slicer_source import RELEASES, SOURCE
 
@@ -432,6 +436,9 @@ def test_slicer_console_block(user, head):
     lines = res.stdout.splitlines()
     assert any(re.fullmatch(r"[0-9a-f]{64}", p) for p in lines), lines  # the block's provenance print
     assert any(re.fullmatch(r"\d+/\d+", p) for p in lines)  # its progress callback
-    result = json.loads(next(p for p in lines if p.startswith("RESULT ")).split(" ", 1)[1])
-    assert result == {"class": "vtkMRMLVectorVolumeNode", "dimensions": list(head["MRI"].GetSize()),
-                      "volumes": 4, "colormap": "PET-Rainbow2"}
+    made = json.loads(next(p for p in lines if p.startswith("RESULT ")).split(" ", 1)[1])
+    block = example("import ECFusionSlicer", kind="python").text
+    assert len(made) == block.count("logic.process(")  # one new volume per call, each on the MRI grid
+    assert all(m["dimensions"] == list(head["MRI"].GetSize()) for m in made), made
+    assert [m["colorNode"] for m in made] == ["PET-Heat", "PET-Rainbow2", ""]  # as shown; the override; CT
+    assert [m["class"] for m in made] == ["vtkMRMLVectorVolumeNode"] * 2 + ["vtkMRMLScalarVolumeNode"]
