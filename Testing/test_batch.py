@@ -89,6 +89,7 @@ def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, pha
         assert all(n <= 2 for n in client.run(lambda: batch_worker.LOADS).values())
 
 
+@pytest.mark.slow
 def test_changed_settings_or_inputs_are_not_up_to_date(tmp_path, cohort, phantom, weights_file, capsys):
     rows = read_manifest(cohort, tmp_path, device="cpu", weights=weights_file)
     job = batch_worker.BatchJob(rows[0].id, rows[0].line, rows[0].request)
