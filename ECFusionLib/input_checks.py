@@ -21,7 +21,7 @@ from .errors import ECFusionError
 from .safe_files import same_file
 from .options import check_number
 from .modality import image_modality
-from .tasks import detect_task, task_spec
+from .tasks import TASK_SPECS, TaskSpec, detect_task, task_spec
 
 CT_AIR_HU = -500.0  # a head CT has air near -1000 HU: some voxels lie below this
 COARSE_MM = 2.5  # PET/SPECT voxels are >= ~2.5 mm in every direction; MRI/CT in-plane voxels are finer
@@ -60,9 +60,16 @@ def _voxel_mm(img: sitk.Image) -> float:
     return float(np.cbrt(np.prod(img.GetSpacing()))) if img.GetDimension() == 3 else float(np.mean(img.GetSpacing()))
 
 
-def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) -> list[str]:
-    """Warnings (each with its likely fix) about inputs that look wrong for ``task``; [] when all is plausible."""
+def _suggest(mapping: str) -> str:
+    """'--task A or --task B': the tasks whose second image has ``mapping`` ("window": HU, "colormap": PET/SPECT)."""
+    return " or ".join(f"--task {s.name}" for s in TASK_SPECS.values() if s.second_mapping == mapping)
+
+
+def input_warnings(task: str | TaskSpec, anatomical: sitk.Image, functional: sitk.Image) -> list[str]:
+    """Warnings (each with its likely fix) about inputs that look wrong for ``task`` (a name or its ``TaskSpec``);
+    [] when all is plausible."""
     spec = task_spec(task)
+    task = spec.name
     modality, codes = spec.second_modality, spec.dicom_modalities  # codes: the DICOM Modality values it accepts
     expected, mr = "/".join(codes), spec.anatomical_dicom_modalities  # mr: the anatomical image's codes ("MR")
     warnings = []
@@ -82,13 +89,13 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) ->
     va, vf = _values(anatomical), _values(functional)
     if va is not None and va.min() < CT_AIR_HU:
         warnings.append(f"the anatomical image has values down to {va.min():.0f}, like CT Hounsfield units; "
-                        "--anatomical should be the MRI (a CT goes to --functional with --task CT-MRI)")
+                        f"--anatomical should be the MRI (a CT goes to --functional with {_suggest('window')})")
     coarse = functional.GetDimension() == 3 and min(functional.GetSpacing()) >= COARSE_MM
     if vf is not None and not (tag_f and tag_f not in codes):
         if modality == "CT" and vf.min() >= CT_AIR_HU:
             if vf.min() >= 0 and coarse:
                 warnings.append(f"the CT image has no negative values and a coarse {min(functional.GetSpacing()):.1f} mm "
-                                "grid, like a PET or SPECT; did you mean --task PET-MRI or --task SPECT-MRI?")
+                                f"grid, like a PET or SPECT; did you mean {_suggest('colormap')}?")
             else:
                 warnings.append(f"the CT image does not look like Hounsfield units (no voxel below {CT_AIR_HU:.0f}; "
                                 f"values {vf.min():.0f} to {vf.max():.0f}): the default CT window (level 40, width "
@@ -96,7 +103,7 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image) ->
                                 "check that it is a CT")
         elif modality in ("PET", "SPECT") and vf.min() < CT_AIR_HU:
             warnings.append(f"the {modality} image has values down to {vf.min():.0f}, like CT Hounsfield units "
-                            f"(a {modality} has no negative values); did you mean --task CT-MRI?")
+                            f"(a {modality} has no negative values); did you mean {_suggest('window')}?")
     if anatomical.GetDimension() == 3 and functional.GetDimension() == 3:
         ra, rf = _voxel_mm(anatomical), _voxel_mm(functional)
         if ra >= SWAP_RATIO * rf and min(anatomical.GetSpacing()) >= COARSE_MM:
