@@ -42,7 +42,7 @@ def add_batch_parser(sub) -> None:
     b.add_argument("--weights", help="weights file for every row (default: the bundled weights of each row's task)")
     b.add_argument("--model", help="bundled model for every row that names no weights or model (see 'ecfusion models')")
     b.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="inference backend of every worker (default auto: torch when installed, else onnxruntime)")
+                   help="inference backend of every worker (default auto: onnxruntime on CPUs, torch for GPUs)")
     b.add_argument("--force", action="store_true", help="redo rows whose output is up to date")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -112,7 +112,7 @@ def cmd_batch(args) -> int:
         check_weights_file(Path(weights))  # a folder, a safetensors file: said once, not once per row
     from .backends import resolve_backend
 
-    resolve_backend(args.backend)  # not installed: say so once
+    resolve_backend(args.backend, args.device)  # not installed: say so once
     rows = read_manifest(args.manifest, out_dir, device=args.device, weights=weights, model=args.model,
                          backend=args.backend)  # errors before anything runs
     if args.device == "cuda" and not args.scheduler:

@@ -273,7 +273,7 @@ def fuse_files(request: FuseRequest, *, load_model: Callable | None = None, prog
 def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     from .fusion import METADATA_PREFIX, PHASES, FusionSettings, fuse_images
     from .registration import transform_provenance
-    from .backends import load_network
+    from .backends import load_network, resolve_backend
     from .weights import task_of_model
 
     load_model = load_model or load_network
@@ -287,9 +287,10 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
         refuse_overwriting_inputs(sidecar_path(request.output), inputs, what="metadata file (sidecar)")
     output = check_writable(request.output)
     model = info = None
+    backend = resolve_backend(request.backend, request.device, request.precision)
     given_task = request.task or (task_of_model(request.model) if request.model else None)
     if given_task:  # fail early on an unknown task or bad weights, before reading anything
-        model, info = load_model(check_task(given_task), request.weights, request.model, request.backend, request.device)
+        model, info = load_model(check_task(given_task), request.weights, request.model, backend, request.device)
     anatomical = read_input(request.anatomical, request.anatomical_series, what="anatomical image", notify=log.warning)
     check_output_dimension(anatomical.image, output)
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
@@ -298,9 +299,10 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     spec = task_spec(resolve_task(given_task, second.modality))  # resolved once; input_warnings checks the labels
     task = spec.name
     if model is None:
-        model, info = load_model(task, request.weights, request.model, request.backend, request.device)
+        model, info = load_model(task, request.weights, request.model, backend, request.device)
     units = _pet_units(request, spec, second)
-    for warning in input_warnings(spec, anatomical.image, second.image):
+    given = request.ct_window is not None or request.ct_level is not None
+    for warning in input_warnings(spec, anatomical.image, second.image, ct_window_given=given):
         log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
     PHASES.debug("read")
@@ -310,7 +312,8 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
                               weights=request.weights, model=request.model, backend=request.backend,
                               keep_salient=request.keep_salient)
     result = fuse_images(anatomical.image, second.image, settings, model=model, weights_info=info,
-                         progress=progress, cancel=cancel, transform=transform)
+                         progress=progress, cancel=cancel, transform=transform,
+                         registered=transform is not None and request.register != "none")
     mode = request.register if request.register != "none" else (f"file {request.transform}" if request.transform else "none")
     extra = {"registration": transform_provenance(transform, mode),
              "inputs": {"anatomical": anatomical.provenance, "functional": second.provenance},

@@ -53,7 +53,7 @@ def fuse_pair_folder(input_dir, output, *, task: str | None = None, quiet: bool 
         for path in (target, sidecar_path(target)):
             refuse_overwriting_inputs(path, [pair.second, pair.mri, settings.get("weights")])
     models = {t: load_network(t, settings.get("weights"), settings.get("model"), settings.get("backend", "auto"),
-                              settings.get("device", "auto"))
+                              settings.get("device", "auto"), settings.get("precision", "auto"))
               for t in dict.fromkeys(p.task for p in pairs)}
     made_dirs, written = [], []
     try:
@@ -82,7 +82,8 @@ def _fuse_pair(pair, target: Path, model_info, settings: dict) -> None:
     second.CopyInformation(mri)  # same size (checked): pixel for pixel, whatever the PNG headers say
     pair_settings = FusionSettings(task=pair.task, **settings)
     pair_settings.as_is = mri.GetPixelID() == sitk.sitkUInt8  # 8-bit PNGs: grey levels as they are, as in training
-    result = fusion.fuse_images(mri, second, pair_settings, model=model, weights_info=info)
+    result = fusion.fuse_images(mri, second, pair_settings, model=model, weights_info=info,
+                                label=f"{pair.task}/{pair.name}")
     write_image_atomic(result.image, target, sidecar=result.metadata)
 
 

@@ -21,7 +21,7 @@ from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
 from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, robust_range, second_mapper
 from .registration import alignment_check, transform_provenance
-from .salient import keep_salient
+from .salient import focal_weight, keep_salient
 from .slabs import coarse_grid, float_source, resample_region, slabs
 from .tasks import task_spec
 from .volume_io import check_image
@@ -45,7 +45,7 @@ class FusionSettings:
     ct_level: float | None = None
     weights: str | None = None  # None: the bundled weights of ``model`` or of the task's default model
     model: str | None = None  # a bundled model by name (weights.models), e.g. "ecfusion-v1.pet-mri"
-    backend: str = "auto"  # "torch", "onnxruntime", or auto: torch when installed (backends.py)
+    backend: str = "auto"  # "torch", "onnxruntime", or auto: ONNX Runtime on CPUs, torch on GPUs (backends.py)
     precision: str = "auto"  # bf16 where the hardware has it, else fp32; or force "fp32" / "bf16" (engine.py)
     as_is: bool = False  # 8-bit images (PNG pairs) already in display grey levels: no intensity mapping
     keep_salient: bool = True  # salient.py: keep the CT bone / the hottest uptake after the network
@@ -60,22 +60,41 @@ class FusionResult:
 __all__ = ["FusionSettings", "FusionResult", "fuse_images", "default_window_level", "METADATA_PREFIX"]
 
 
-def _alignment(anatomical: sitk.Image, second: sitk.Image, transform):
+def _alignment(anatomical: sitk.Image, second: sitk.Image, transform, label: str = ""):
     """``registration.alignment_check`` of the second image on the anatomical grid; above
-    ``slabs.ALIGNMENT_VOXELS`` on a block-averaged copy of that grid (no whole float copy of a large volume)."""
+    ``slabs.ALIGNMENT_VOXELS`` on a block-averaged copy of that grid (no whole float copy of a large volume).
+    ``label`` names the pair in the message (2D pairs)."""
     grid = coarse_grid(anatomical)
     if transform is None and same_grid(second, grid):
-        return alignment_check(grid, second)
+        return alignment_check(grid, second, label=label)
     idx = tuple(slice(None) for _ in range(grid.GetDimension()))
     moved = sitk.GetImageFromArray(resample_region(float_source(second), grid, idx, transform, _outside(second)),
                                    isVector=second.GetNumberOfComponentsPerPixel() > 1)
     moved.CopyInformation(grid)
-    return alignment_check(grid, moved)
+    return alignment_check(grid, moved, label=label)
 
 
 def _outside(image: sitk.Image) -> float:
     """The value given to points outside the second image (its minimum, as ``geometry.resample_onto``)."""
     return float(sitk.GetArrayViewFromImage(image).min())
+
+
+def _focal_weights(anatomical: sitk.Image, second: sitk.Image, spec, settings: FusionSettings, transform, sec_u8):
+    """For a task whose keep-salient rule is the focal one (PET/SPECT, ``salient.focal_weight``): a function
+    giving the rule's weight on a slab ``idx`` of the anatomical grid; None when the rule is off for the task.
+
+    A scalar PET/SPECT: the weight is computed from its values on its own grid (coarse: small; a ratio to the
+    local background, so the grid barely matters) and resampled onto the anatomical grid slab by slab (linear,
+    0 outside). Otherwise (RGB, 8-bit 2D pairs) from the second image's Y (``sec_u8``) on the anatomical grid."""
+    if not (settings.keep_salient and spec.salient_focal):
+        return None
+    scalar = second.GetNumberOfComponentsPerPixel() == 1 and spec.second_mapping == "colormap" and not settings.as_is
+    if not scalar:
+        whole = focal_weight(sec_u8, anatomical.GetSpacing()[::-1])
+        return lambda idx: whole[idx]
+    weight = sitk.GetImageFromArray(focal_weight(sitk.GetArrayViewFromImage(second), second.GetSpacing()[::-1]))
+    weight.CopyInformation(second)
+    return lambda idx: resample_region(weight, anatomical, idx, transform, 0.0)
 
 
 def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: FusionSettings, axis: int, transform):
@@ -115,7 +134,7 @@ def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: Fusi
 def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSettings, *,
                 model=None, weights_info: dict | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                transform: sitk.Transform | None = None) -> FusionResult:
+                transform: sitk.Transform | None = None, registered: bool = False, label: str = "") -> FusionResult:
     """Fuse the anatomical image (MRI) with the second image (CT, PET or SPECT; scalar or RGB) on the anatomical grid.
 
     What is done with each image follows the task's ``tasks.TaskSpec`` (intensity mapping, colour kept or not).
@@ -129,6 +148,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
             ``settings.backend`` (``backends.load_network``); pass ``weights_info`` with it for the metadata.
         progress, cancel: see ``engine.fuse_volume``.
         transform: maps anatomical physical points to the second image's space (optional).
+        registered: ``transform`` comes from a registration that just succeeded: no misalignment warning.
+        label: names the pair in the misalignment warning (2D pairs).
     Returns:
         FusionResult: the image (RGB uint8 when the task keeps colour and the second image has it, else grey
         uint8) and its provenance metadata. The inputs are not modified.
@@ -144,10 +165,11 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
     if model is None:
         from .backends import load_network
 
-        model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device)
+        model, weights_info = load_network(task, settings.weights, settings.model, settings.backend, settings.device,
+                                           settings.precision)
     axis = slice_axis(anatomical, settings.axis)
-    alignment = _alignment(anatomical, second, transform)
-    if alignment.misaligned:
+    alignment = _alignment(anatomical, second, transform, label)
+    if alignment.misaligned and not registered:
         log.warning(alignment.message())
     sec_u8, mri_u8, rgb, sec_map, mri_map = _map_inputs(anatomical, second, spec, settings, axis, transform)
     PHASES.debug("resample")
@@ -156,8 +178,10 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
                                 batch_size=settings.batch_size, progress=progress, cancel=cancel,
                                 precision=settings.precision)
     PHASES.debug("engine")
+    focal = _focal_weights(anatomical, second, spec, settings, transform, sec_u8)
     for idx in slabs(fused_y.shape, axis):  # salient.py, then the colour put back: slab by slab, in place
-        fused_y[idx] = keep_salient(fused_y[idx], sec_u8[idx], task, settings.keep_salient, anatomical=mri_u8[idx])
+        fused_y[idx] = keep_salient(fused_y[idx], sec_u8[idx], task, settings.keep_salient, anatomical=mri_u8[idx],
+                                    weight=None if focal is None else focal(idx))
         if rgb is not None:
             rgb[idx] = recolour(fused_y[idx], rgb[idx])
     del sec_u8, mri_u8
@@ -174,7 +198,8 @@ def fuse_images(anatomical: sitk.Image, second: sitk.Image, settings: FusionSett
         "slice_axis": int(axis), "device": info.device, "precision": info.precision, "batch_size": info.batch_size,
         "output": "RGB uint8 (fused Y + functional CbCr)" if is_rgb else "grey uint8",
         "alignment": {"containment": round(alignment.containment, 4), "dice": round(alignment.dice, 4),
-                      "nmi": round(alignment.nmi, 4), "misaligned": alignment.misaligned},
+                      "nmi": round(alignment.nmi, 4), "residual_mm": round(alignment.residual_mm, 2),
+                      "misaligned": alignment.misaligned},
         "registration": transform_provenance(transform, "given transform"),
         "keep_salient": bool(settings.keep_salient),
     }

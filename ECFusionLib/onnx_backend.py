@@ -75,6 +75,9 @@ class OnnxNetwork:
         self.architecture, self.config, self.device_name = weights.architecture, weights.config, device
         self.providers, self.device = providers_for(device)
         options = ort.SessionOptions()
+        # every slice's crop has its own size: memory patterns (planned per shape) only grow the arena here
+        # (measured, 46 slices of the 1 mm head: peak RSS +800 MB with them, +560 MB without, no slower)
+        options.enable_mem_pattern = False
         threads = threads or DEFAULT_THREADS
         if threads:
             options.intra_op_num_threads = int(threads)

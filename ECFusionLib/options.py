@@ -124,7 +124,8 @@ FUSE_OPTIONS: tuple[Option, ...] = (
     Option("weights", "weights file, .npz (or .pt with torch >= 2.6) (default: the task's bundled model)"),
     Option("model", "a bundled model by name, e.g. ecfusion-v1.pet-mri (see 'ecfusion models'; default: the task's "
                     "default model); sets the task when --task is not given"),
-    Option("backend", "inference backend (default auto: torch when installed, else onnxruntime)",
+    Option("backend", "inference backend (default auto: onnxruntime on the CPU, torch for a GPU or --precision bf16; "
+                      "whichever is installed)",
            default=BACKENDS[0], choices=BACKENDS, column=False),
     Option("register", "register the functional volume onto the MRI first (mutual information; default none)",
            default=REGISTRATION_MODES[0], choices=REGISTRATION_MODES),

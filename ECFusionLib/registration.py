@@ -115,26 +115,39 @@ def affine_matrix_lps(tx: sitk.Transform, dim: int = 3) -> np.ndarray:
     return m
 
 
+MISALIGNED_MM = 4.5  # residual motion (RMS over the head, mm) from which the inputs are reported misaligned
+CHECK_MM = 4.0  # the alignment check works on this grid (mm): a few seconds for a 1 mm head
+
+
 @dataclass
 class AlignmentReport:
     nmi: float  # normalised mutual information (H(A)+H(B))/H(A,B), 1 = independent, 2 = identical
     dice: float  # overlap of the two head masks
     containment: float  # fraction of the functional head mask inside the MRI head mask
     misaligned: bool
+    residual_mm: float = 0.0  # RMS motion over the head of a quick rigid registration (``estimate_residual``)
+    label: str = ""  # the pair's name, said in the message (2D pairs)
 
     def message(self) -> str:
-        return (f"the inputs look misaligned ({100 * (1 - self.containment):.0f} % of the functional volume's head lies "
-                f"outside the MRI's; mask Dice {self.dice:.2f}, normalised MI {self.nmi:.3f}): "
+        where = f"{self.label}: " if self.label else ""
+        return (f"{where}the inputs look misaligned (a quick rigid registration moves the functional image by "
+                f"{self.residual_mm:.1f} mm on average over the head; more than {MISALIGNED_MM:g} mm is reported): "
                 "fusing them gives ghosted edges; register them first (--register rigid)")
 
 
-def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_containment: float = 0.9) -> AlignmentReport:
+def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, label: str = "",
+                    threshold_mm: float = MISALIGNED_MM) -> AlignmentReport:
     """Compare the MRI with the functional volume already resampled onto its grid.
 
-    Misaligned = less than ``min_containment`` of the functional volume's head mask lies inside the MRI's head
-    mask. Containment, not Dice: PET/SPECT often show only the brain (no scalp), so aligned masks differ in size
-    but the functional one sits inside the anatomical one. Phantom: 0.94-0.97 aligned, 0.86 after 10 degrees and
-    12 mm, 0.79 after the test's 15 mm / 12 degree motion. Dice and normalised MI are reported too."""
+    Misaligned = a quick rigid registration (``estimate_residual``: Mattes MI on a ``CHECK_MM`` grid) moves the
+    functional image by ``threshold_mm`` or more, RMS over the head. Measured (issue 18) on real heads (the 1 mm
+    Colin27 T1 and the 2 mm ICBM152 average T1, each with the real H2-15O PET and HMPAO SPECT; 28 cases) displaced
+    by known amounts: aligned 1.4-3.5 mm, 2 mm shifts 2.7-4.4, 3 degrees 1.8-4.2, 5 mm 5.6-6.9, 10 mm 10.6-11.7,
+    8 degrees 4.2-5.4, 10 mm + 8 degrees 11.3-12.7. At 4.5 mm: no false alarm on the 12 aligned / 2 mm / 3 degree
+    cases, every shift of 5 mm or more reported, 8 degrees alone reported in 2 of 4 (an 8 degree turn moves the
+    cortex by ~5 mm: the residual underestimates rotations). The head masks' Dice, containment and normalised MI
+    are reported too (they barely move with misalignment: containment 0.78 aligned vs 0.82 at 10 mm for the PET).
+    ``label`` names the pair in the message."""
     a = sitk.GetArrayFromImage(as_scalar_float(anatomical))
     b = sitk.GetArrayFromImage(as_scalar_float(functional_on_grid))
     ma, mb = _head_mask(a), _head_mask(b)
@@ -143,7 +156,42 @@ def alignment_check(anatomical: sitk.Image, functional_on_grid: sitk.Image, min_
     containment = inter / max(1.0, float(mb.sum()))
     both = ma | mb
     nmi = _nmi(a[both], b[both]) if both.any() else 1.0
-    return AlignmentReport(nmi=nmi, dice=dice, containment=containment, misaligned=containment < min_containment)
+    residual = estimate_residual(anatomical, functional_on_grid)
+    return AlignmentReport(nmi=nmi, dice=dice, containment=containment, misaligned=residual >= threshold_mm,
+                           residual_mm=residual, label=label)
+
+
+def estimate_residual(anatomical: sitk.Image, functional_on_grid: sitk.Image, seed: int = 1) -> float:
+    """RMS displacement (mm) over the MRI's head of a quick rigid registration of the functional image (already on
+    the MRI's grid) to the MRI: both averaged down to ~``CHECK_MM`` voxels, Mattes MI (32 bins, regular 50 %
+    samples), gradient descent from the identity. 0 for images too small to register (< 8 voxels a side)."""
+    fixed, moving = as_scalar_float(anatomical), as_scalar_float(functional_on_grid)
+    shrink = [max(1, int(round(CHECK_MM / s))) for s in fixed.GetSpacing()]
+    fixed, moving = sitk.BinShrink(fixed, shrink), sitk.BinShrink(moving, shrink)
+    if min(fixed.GetSize()) < 8:
+        return 0.0
+    dim = fixed.GetDimension()
+    start = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
+    start.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(32)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.5, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=100,
+                                                 relaxationFactor=0.5)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetInitialTransform(start, inPlace=False)
+    try:
+        tx = reg.Execute(fixed, moving)
+    except RuntimeError:  # e.g. too few overlapping samples: nothing to say
+        return 0.0
+    arr = sitk.GetArrayViewFromImage(fixed)
+    head = np.argwhere(_head_mask(np.asarray(arr)))[::, ::-1]
+    head = head[:: max(1, len(head) // 4000)]
+    points = [fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in head]
+    moved = np.array([tx.TransformPoint(p) for p in points]) if points else np.zeros((0, dim))
+    return float(np.sqrt(((moved - np.array(points)) ** 2).sum(1).mean())) if points else 0.0
 
 
 def _head_mask(arr: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from .errors import ECFusionError
 # ---------------------------------------------------------------- option vocabularies (first = default)
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on GPUs and CPUs with native bf16, else fp32 (engine.make_runner)
-BACKENDS = ("auto", "torch", "onnxruntime")  # auto: torch when installed, else ONNX Runtime (backends.resolve_backend)
+BACKENDS = ("auto", "torch", "onnxruntime")  # auto: ONNX Runtime on CPUs, torch on GPUs/bf16 (backends.resolve_backend)
 REGISTRATION_MODES = ("none", "rigid", "affine")  # registration of the second image onto the anatomical one
 REGISTRATION_INITS = ("geometry", "moments")
 AXES = ("auto", "axial", "coronal", "sagittal", "i", "j", "k")  # slice direction (geometry.slice_axis)
@@ -53,6 +53,9 @@ class TaskSpec:
         image_check: what evaluation checks a fused image keeps: "bone_kept" (metrics.bone_kept: bright bone of a
             grey second image) or "hot_kept" (metrics.hot_spots_kept: the hottest uptake).
         anatomical_dicom_modalities: DICOM Modality codes of the anatomical image (input_checks' label check).
+        salient_focal: True: the rule lifts the fused value where the second image has focal uptake above its
+            local background (``salient.focal_weight``, relative, scale-free) instead of above a fixed grey level:
+            PET/SPECT, where a fixed level marks most of a normal brain under PET-Heat (issue 18).
     """
 
     name: str
@@ -65,6 +68,7 @@ class TaskSpec:
     name_patterns: tuple[str, ...] = ()
     salient_threshold: float | None = None
     salient_dark: float | None = None
+    salient_focal: bool = False
     anatomical_modality: str = "MRI"
     anatomical_mapping: str = "percentiles"
     image_check: str = "hot_kept"
@@ -91,11 +95,11 @@ def _word(*alternatives: str) -> str:
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("PET-MRI", "PET", keep_colour=True, second_mapping="colormap", default_colormap="PET-Heat",
              dicom_modalities=("PT",), name_patterns=(_word("pet", "pt", "fdg", "suv", "amyloid", "tau"),),
-             salient_threshold=208.0),  # the highest that keeps a white PET-Heat lesion hot in 3D
+             salient_focal=True),  # focal uptake above its local background (a fixed level lifted 55 % of a head)
     TaskSpec("SPECT-MRI", "SPECT", keep_colour=True, second_mapping="colormap", default_colormap="PET-Rainbow2",
              dicom_modalities=("NM", "ST"),
              name_patterns=(_word("spect", "nm", "hmpao", "ecd", "datscan", "perfusion"),),
-             salient_threshold=128.0),
+             salient_focal=True),
     # [-35, 115] HU: brain grey, bone saturated white, air black, like the AANLIB training CTs
     TaskSpec("CT-MRI", "CT", keep_colour=False, second_mapping="window", default_window=(150.0, 40.0),
              dicom_modalities=("CT",), name_patterns=(_word("ct", "cta", "hu"),),

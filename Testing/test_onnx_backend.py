@@ -52,11 +52,18 @@ def test_onnx_network_equals_the_torch_network(shape):
 
 
 def test_backend_choice_and_errors(monkeypatch):
-    assert backends.resolve_backend("auto") == "torch"  # both installed here
+    """auto, with both installed: ONNX Runtime on the CPU (the measured default), torch for CUDA or bf16."""
+    monkeypatch.setattr(backends, "nvidia_gpu", lambda: False)
+    assert backends.resolve_backend("auto") == backends.resolve_backend("auto", "cpu", "fp32") == "onnxruntime"
+    assert backends.resolve_backend("auto", "cuda") == backends.resolve_backend("auto", "cpu", "bf16") == "torch"
+    monkeypatch.setattr(backends, "nvidia_gpu", lambda: True)
+    assert backends.resolve_backend("auto") == "torch" and backends.resolve_backend("auto", "cpu") == "onnxruntime"
     with pytest.raises(ECFusionError, match="unknown backend 'tf'"):
         backends.resolve_backend("tf")
+    monkeypatch.setattr(backends, "installed", lambda name: name == "torch")
+    assert backends.resolve_backend("auto", "cpu") == "torch"
     monkeypatch.setattr(backends, "installed", lambda name: name == "onnxruntime")
-    assert backends.resolve_backend("auto") == "onnxruntime"
+    assert backends.resolve_backend("auto", "cuda") == "onnxruntime"
     with pytest.raises(ECFusionError, match="backend torch was asked for but it is not installed"):
         backends.resolve_backend("torch")
     net, _ = backends.load_network("CT-MRI", backend="onnxruntime", device="cpu")

@@ -151,7 +151,11 @@ def hot_phantom():
 @pytest.mark.parametrize("weights", ["bundled", "seeded"])
 def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file):
     """PET-Heat at default settings: with the rule on (default) the lesion's fused colour reads back through the colour
-    map as at least as hot as the PET's (white/pale yellow), whatever the network does; the rule only brightens."""
+    map as at least as hot as the PET's (white/pale yellow) over most of it, whatever the network does (without the
+    rule: none of it); the rule only brightens. Since issue 18 the rule is relative (focal uptake above its local
+    background): this phantom's lesion, blurred by the PET's resolution, is only ~1.5x the grey matter around it, so
+    its core is lifted and its rim left to the network (measured: 0.66 bundled, 0.76 seeded; the fixed-level rule
+    kept 0.95 here but lifted 55 % of a real head)."""
     from ECFusionLib.fusion import FusionSettings, fuse_images
 
     ph, lesion, pet_rgb = hot_phantom
@@ -162,7 +166,7 @@ def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file)
     off = sitk.GetArrayFromImage(
         fuse_images(ph["MRI"], ph["PET"], FusionSettings(task="PET-MRI", weights=w, keep_salient=False)).image)
     kept_on, kept_off = M.hot_colour_kept(on, pet_rgb, table, lesion), M.hot_colour_kept(off, pet_rgb, table, lesion)
-    assert kept_on >= 0.95 and kept_on >= kept_off
+    assert kept_on >= 0.6 and kept_on >= kept_off + 0.5
     assert M.hot_spots_kept(luminance(pet_rgb), luminance(on)) >= M.hot_spots_kept(luminance(pet_rgb), luminance(off))
     assert np.all(luminance(on) >= luminance(off) - 1.0)
 

@@ -146,8 +146,11 @@ def test_salient_term_zero_and_positive_where_expected_and_its_gradient_flows():
     assert (g[4:12, 12:] == 0).all() and (g[12:] == 0).all()  # ... and nowhere else
     no_bone = _u(np.full((24, 24), 100.0))  # CT below the threshold: no salient pixel, term 0 whatever F is
     assert loss(no_bone, b, _u(np.zeros((24, 24))))["salient"].item() == 0
-    # PET/SPECT-MRI: the top range of the functional Y (threshold 208 for PET-MRI), the MRI anywhere
-    pet_loss = FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0))
+    # PET/SPECT-MRI: the inference rule is relative (salient.focal_weight) and has no fixed level since issue 18;
+    # training takes one explicitly: the top range of the functional Y (above 208), the MRI anywhere
+    with pytest.raises(ECFusionError, match="--salient-threshold"):
+        FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0))
+    pet_loss = FusionLoss(TrainConfig(data="", task="PET-MRI", out="", salient_weight=1.0, salient_threshold=208.0))
     pet = np.zeros((24, 24), np.float32)
     pet[8:16, 8:16] = 255
     assert pet_loss(_u(pet), _u(np.full((24, 24), 200.0)), _u(np.full((24, 24), 200.0)))["salient"].item() > 0

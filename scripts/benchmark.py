@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Speed and memory of the fusion engine against the naive per-slice loop, in one run.
+"""Speed of the inference paths against the naive per-slice loop, interleaved in one run, and the default they give.
 
-    python scripts/benchmark.py --quick        # 1-2 minutes on 2 CPU cores; ends with speedup_vs_naive=<median ratio>
+    python scripts/benchmark.py --quick        # a few minutes on 2 CPU cores; ends with the chosen CPU default
     python scripts/benchmark.py                # + whole volumes 256x256x180 and 512x512x300 (long on CPU)
-    python scripts/benchmark.py --device cuda  # the GPU path (engine) against the naive loop on the same GPU
+    python scripts/benchmark.py --device cuda  # the GPU paths against the naive loop on the same GPU
     python scripts/benchmark.py --quick --load # with the other core kept busy (a Slicer session, a training run)
     python scripts/benchmark.py --registration # rigid MI registration of a 256x256x180 pair: seconds and error
 
-Naive = what research test scripts do: one slice at a time, fp32, eager, full slices, torch.no_grad.
-Engine = ECFusionLib.engine.fuse_volume as shipped: precision "auto" (bf16 on GPUs and CPUs with native bf16),
-the network's fused-kernel CPU path (network.FusedECFusion on fast_cpu.py kernels) or autocast + batching on GPU, air skipping;
-"engine fp32" = the same with --precision fp32.
-Weights: the bundled PET-MRI weights (speed does not depend on them; the output differences do).
-The headline ratio (head phantom) is robust to a noisy, shared machine: naive and engine runs are interleaved
-(ABAB...), each pair gives one ratio, and the median is reported with the spread (min-max) of the pairs; a load
-burst then spoils one pair, not the result. The process is tuned as the ``ecfusion`` command tunes it
-(``runtime.tune_cpu``).
+Compared (``engine.fuse_volume`` as shipped, air skipping included, except the naive loop):
+- naive = what research test scripts do: torch, one slice at a time, fp32, eager, full slices, torch.no_grad;
+- torch fp32 = the network's fused-kernel CPU path (network.FusedECFusion on fast_cpu.py kernels; autocast +
+  batching on GPU);
+- torch bf16 = the same in bf16 (on CPUs with native bf16, AVX512-BF16/AMX, and GPUs);
+- onnxruntime = ONNX Runtime (fp32) on the shipped graph (``onnx_backend``).
+Workloads: 256x256 and 512x512 slices without air, and the phantom head (axial slices). A noisy, shared machine
+is handled by interleaving: each round runs every path once (the order rotating from round to round), each
+round gives one ratio naive/path per path, and the median ratio is reported with the spread (min-max) of the
+rounds; a load burst spoils one round, not the result. Accuracy: mean and max |difference| from the naive
+fp32 output (inside the head for the head). The default is the fastest path on the head whose mean difference
+is within 1 grey level. Weights: the bundled PET-MRI weights. The process is tuned as the ``ecfusion`` command
+tunes it (``runtime.tune_cpu``).
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ECFusionLib.backends import installed, load_network  # noqa: E402
 from ECFusionLib.engine import cpu_has_bf16, fuse_volume, make_runner, resolve_device  # noqa: E402
 from ECFusionLib.network import count_parameters  # noqa: E402
 from ECFusionLib.runtime import tune_cpu  # noqa: E402
-from ECFusionLib.tasks import DEVICES  # noqa: E402
+from ECFusionLib.tasks import DEFAULT_TASK, DEVICES  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -94,18 +99,52 @@ def flops_per_slice(model, size=256) -> float:
     return counter.get_total_flops() / 2
 
 
-def interleaved(naive, engine, dev, pairs: int):
-    """Run naive, engine, naive, engine, ... (``pairs`` of each); returns (ratios naive/engine per pair,
-    naive times, engine times, last naive result, last engine result)."""
-    ratios, t_naive, t_eng = [], [], []
-    ref = res = None
-    for _ in range(pairs):
-        tn, ref = timed(naive, dev)
-        te, res = timed(engine, dev)
-        ratios.append(tn / te)
-        t_naive.append(tn)
-        t_eng.append(te)
-    return np.array(ratios), np.array(t_naive), np.array(t_eng), ref, res
+def interleaved(paths: dict, dev, rounds: int) -> dict:
+    """Every path once per round, the order rotating from round to round. Returns {name: {"times": seconds per
+    round, "ratios": naive time / this path's time in the same round, "out": the last output}}."""
+    names = list(paths)
+    result = {name: {"times": [], "out": None} for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t, out = timed(paths[name], dev)
+            result[name]["times"].append(t)
+            result[name]["out"] = out[0] if isinstance(out, tuple) else out
+    naive = np.array(result["naive"]["times"])
+    for name in names:
+        result[name]["ratios"] = naive / np.array(result[name]["times"])
+    return result
+
+
+def report(title: str, result: dict, n_slices: int, inside: np.ndarray | None = None) -> dict[str, float]:
+    """Print one workload's table rows; returns {path: mean |diff| from naive (inside ``inside`` if given)}."""
+    ref = result["naive"]["out"].astype(int)
+    means = {}
+    print(f"\n{title}")
+    print("| path | ms per slice (median) | speed-up vs naive: median (spread) | mean abs diff from naive | max |")
+    print("|---|---|---|---|---|")
+    for name, r in result.items():
+        diff = np.abs(r["out"].astype(int) - ref)
+        means[name] = float(diff[inside].mean() if inside is not None else diff.mean())
+        ratios = r["ratios"]
+        print(f"| {name} | {1000 * float(np.median(r['times'])) / n_slices:.0f} | {np.median(ratios):.2f}x "
+              f"({ratios.min():.2f}-{ratios.max():.2f}) | {means[name]:.2f} | {diff.max()} |")
+    return means
+
+
+def make_paths(model, dev, a_warm, b_warm) -> dict:
+    """The compared paths (module docstring) that this machine has: {name: fn(a, b) -> fused}, warmed up."""
+    runners = {"torch fp32": make_runner(model, device=str(dev), precision="fp32")}
+    if dev.type == "cuda" or cpu_has_bf16():
+        runners["torch bf16"] = make_runner(model, device=str(dev), precision="bf16")
+    if installed("onnxruntime"):
+        net, _ = load_network(DEFAULT_TASK, backend="onnxruntime", device=dev.type)
+        runners["onnxruntime"] = make_runner(net)
+    paths = {"naive": lambda a, b: naive_fuse(model, a, b, dev)}
+    for name, runner in runners.items():
+        paths[name] = (lambda r: lambda a, b: fuse_volume(r, a, b)[0])(runner)
+    for fn in paths.values():
+        fn(a_warm, b_warm)
+    return paths
 
 
 def busy_loop(stop):
@@ -165,20 +204,22 @@ def benchmark_registration():
 # ---------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="about a minute on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--load", action="store_true", help="keep one other core busy during the measurements")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: each one's choice)")
     p.add_argument("--registration", action="store_true", help="only: time rigid registration of a 256x256x180 pair")
-    p.add_argument("--pairs", type=int, help="interleaved naive/engine pairs on the head phantom (default 5, quick 4)")
+    p.add_argument("--rounds", "--pairs", dest="pairs", type=int, help="interleaved rounds per workload (default 5, quick 3)")
     args = p.parse_args(argv)
     tune_cpu()
     if args.registration:
         return benchmark_registration()
     if args.threads:
+        from ECFusionLib import onnx_backend
+
         torch.set_num_threads(args.threads)
+        onnx_backend.DEFAULT_THREADS = args.threads
     dev = resolve_device(args.device)
-    from ECFusionLib.tasks import DEFAULT_TASK
     from ECFusionLib.weights import load_model
 
     model, _ = load_model(DEFAULT_TASK)
@@ -188,7 +229,9 @@ def main(argv=None):
         loader = mp.Process(target=busy_loop, args=(stop,), daemon=True)
         loader.start()
 
+    ort = __import__("onnxruntime").__version__ if installed("onnxruntime") else "not installed"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"onnxruntime {ort}, load average {os.getloadavg()[0]:.1f}, "
           f"threads {torch.get_num_threads()}, device {dev}, native bf16 {cpu_has_bf16()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, other core busy: {args.load}")
     print(f"parameters: {count_parameters(model):,}")
@@ -196,74 +239,45 @@ def main(argv=None):
     model = model.to(dev)
 
     rng = np.random.default_rng(0)
-    sizes = [(256, 3 if args.quick else 10), (512, 2 if args.quick else 5)]
-    for size, n in sizes:
-        a = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        b = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        naive_fuse(model, a[:1], b[:1], dev)  # warm-up
-        t_naive, _ = timed(lambda: naive_fuse(model, a, b, dev), dev)
-        fuse_volume(model, a[:1], b[:1], device=str(dev))
-        t_eng, (_, info) = timed(lambda: fuse_volume(model, a, b, device=str(dev)), dev)
-        fuse_volume(model, a[:1], b[:1], device=str(dev), precision="fp32")
-        t_32, _ = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="fp32"), dev)
-        print(f"{size}x{size} (no air): naive {1000 * t_naive / n:.0f} ms/slice, engine {1000 * t_eng / n:.0f} ms/slice "
-              f"({info.precision}, batch {info.batch_size}), engine fp32 {1000 * t_32 / n:.0f} ms/slice; "
-              f"speed-up {t_naive / t_eng:.2f}x, fp32 {t_naive / t_32:.2f}x")
-
-    # the realistic head: the demo phantom pair, axial slices
+    rounds = args.pairs or (3 if args.quick else 5)
     a, b = head_pair()
     if args.quick:
         a, b = a[::6], b[::6]
+    paths = make_paths(model, dev, a[:1], b[:1])
+    for size, n in [(256, 4 if args.quick else 10), (512, 2 if args.quick else 5)]:
+        sa, sb = (rng.integers(0, 256, (n, size, size), dtype=np.uint8) for _ in range(2))
+        report(f"{size}x{size} slices, no air, {n} per run, {rounds} rounds:",
+               interleaved({k: (lambda f: lambda: f(sa, sb))(f) for k, f in paths.items()}, dev, rounds), n)
+
     air = float(np.mean((a <= 4) & (b <= 4)))
-    runner = make_runner(model, device=str(dev))  # as fuse_volume(model, ...) makes it, once for all runs
-    reset_peak_rss()
-    base = peak_rss_mb()
-    t_naive, ref = timed(lambda: naive_fuse(model, a, b, dev), dev)
-    rss_naive = peak_rss_mb() - base
-    reset_peak_rss()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t_eng, (fused, info) = timed(lambda: fuse_volume(runner, a, b), dev)
-    rss_eng = peak_rss_mb() - base
-    ratios, t_naives, t_engs, ref, (fused, info) = interleaved(
-        lambda: naive_fuse(model, a, b, dev), lambda: fuse_volume(runner, a, b), dev,
-        args.pairs or (4 if args.quick else 5))
-    t_naive, t_eng = float(np.median(t_naives)), float(np.median(t_engs))
-    t_32, (fused_32, _) = timed(lambda: fuse_volume(model, a, b, device=str(dev), precision="fp32"), dev)
-    diff_32 = np.abs(fused_32.astype(int) - ref.astype(int))
-    diff = np.abs(fused.astype(int) - ref.astype(int))
-    head = (a > 4) | (b > 4)
-    print(f"head phantom {a.shape[2]}x{a.shape[1]}, {a.shape[0]} slices, background fraction {air:.2f}: naive {t_naive:.1f} s "
-          f"({1000 * t_naive / a.shape[0]:.0f} ms/slice), engine {t_eng:.1f} s ({1000 * t_eng / a.shape[0]:.0f} ms/slice, "
-          f"{info.precision}, {info.computed_slices} slices computed, {100 * info.computed_fraction:.0f} % of the area)")
-    print(f"engine vs naive output: mean |diff| in the head {diff[head].mean():.2f} grey levels, "
-          f"99th percentile {np.percentile(diff[head], 99):.0f}, max {diff.max()}")
-    print(f"engine fp32: {t_32:.1f} s (speed-up {t_naive / t_32:.2f}x), mean |diff| in the head {diff_32[head].mean():.2f}, "
-          f"max {diff_32.max()}")
-    print(f"peak RSS above start: naive {rss_naive:.0f} MB, engine {rss_eng:.0f} MB"
-          + (f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if dev.type == "cuda" else ""))
-    print(f"interleaved naive/engine pairs: {len(ratios)}, ratios " + " ".join(f"{r:.2f}" for r in ratios))
-    speedup = float(np.median(ratios))
-    spread = f"{ratios.min():.2f}-{ratios.max():.2f}"
+    head = interleaved({k: (lambda f: lambda: f(a, b))(f) for k, f in paths.items()}, dev, rounds)
+    means = report(f"phantom head {a.shape[2]}x{a.shape[1]}, {a.shape[0]} axial slices, background fraction "
+                   f"{air:.2f}, {rounds} rounds:", head, a.shape[0], inside=(a > 4) | (b > 4))
+    engines = [k for k in paths if k != "naive" and means[k] <= 1.0]
+    best = max(engines, key=lambda k: float(np.median(head[k]["ratios"])))
+    speedup = float(np.median(head[best]["ratios"]))
+    spread = f"{head[best]['ratios'].min():.2f}-{head[best]['ratios'].max():.2f}"
 
     if not args.quick:
-        for shape in ((180, 256, 256), (300, 512, 512)):
-            va, vb = scaled_head(shape)
-            reset_peak_rss()
-            base = peak_rss_mb()
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t_eng, (_, info) = timed(lambda: fuse_volume(model, va, vb, device=str(dev)), dev)
-            rss = peak_rss_mb() - base
-            cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0
-            t_nv, _ = timed(lambda: naive_fuse(model, va, vb, dev), dev)
-            print(f"volume {shape[2]}x{shape[1]}x{shape[0]}: naive {t_nv:.1f} s, engine {t_eng:.1f} s "
-                  f"(speed-up {t_nv / t_eng:.2f}x), engine peak RSS above inputs {rss:.0f} MB"
-                  + (f", peak CUDA {cuda_mb:.0f} MB" if cuda_mb else ""))
+        volumes(model, paths, dev)
     if loader is not None:
         stop.set()
         loader.join(timeout=5)
-    print(f"speedup_vs_naive={speedup:.2f} (median of {len(ratios)} interleaved pairs, spread {spread})")
+    print(f"\ndefault on this {dev.type.upper()}: {best} (the fastest path within 1 grey level of naive on the head)")
+    print(f"speedup_vs_naive={speedup:.2f} ({best}; median of {rounds} interleaved rounds, spread {spread})")
+
+
+def volumes(model, paths, dev) -> None:
+    """Whole volumes 256x256x180 and 512x512x300: every path once, naive last; engine peak RSS above the inputs."""
+    for shape in ((180, 256, 256), (300, 512, 512)):
+        va, vb = scaled_head(shape)
+        line = []
+        for name, fn in paths.items():
+            reset_peak_rss()
+            base = peak_rss_mb()
+            t, _ = timed(lambda: fn(va, vb), dev)
+            line.append(f"{name} {t:.1f} s (+{peak_rss_mb() - base:.0f} MB)")
+        print(f"volume {shape[2]}x{shape[1]}x{shape[0]}: " + ", ".join(line))
 
 
 if __name__ == "__main__":

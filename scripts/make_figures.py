@@ -3,14 +3,18 @@
 
     python scripts/make_figures.py [--real3d ../shared/data/real3d] [--out docs/figures] [--colin ch2.nii.gz]
 
-Each figure is a 3 x 3 montage: rows axial / coronal / sagittal through one point; columns MRI, the second image
-as it is shown (PET/SPECT through its default colour map and window, CT through its default window), fused.
+Each figure is a 3 x 4 montage: rows axial / coronal / sagittal through one point; columns MRI, the second image
+as it is shown (PET/SPECT through its default colour map and window, CT through its default window), ECFusion
+(default settings), and a 50/50 blend of the MRI and the displayed second image (what a viewer shows with the
+second image as a foreground at opacity 0.5). Under each, in the JSON line printed: anatomy kept
+(``metrics.anatomy_vs_blend``: fused and blend, whole head and where the second image is bright) and, for CT-MRI,
+bone kept.
 Radiological display: patient left on the image's right; anterior up (axial), superior up (coronal/sagittal),
 anterior on the left (sagittal).
-- PET-MRI: the real3d ICBM152 average T1 + the mean of 12 real H2-15O PET scans (PET-Heat).
+- PET-MRI: the single-subject Colin27 T1 (1 mm; ``--colin``, default: found or fetched by Testing/real_data.py)
+  + the mean of 12 real H2-15O PET scans (PET-Heat).
 - SPECT-MRI: the same T1 + the mean of 90 real HMPAO SPECT scans (PET-Rainbow2).
 - CT-MRI: no real CT is available here: the project's DIGITAL PHANTOM (MRI + CT), labelled as such.
-With ``--colin`` (Colin27 T1 from Debian's mricron-data) the PET and SPECT are also fused onto it.
 The script also prints the slice-to-slice banding (``metrics.banding_ratio`` along the fused slice axis) of each
 fused volume against its inputs. The data are read in place; only the PNGs are written to ``--out``.
 No plotting library: PNGs are written with SimpleITK.
@@ -120,29 +124,36 @@ def write_png(rgb: np.ndarray, path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
 
 
-def hottest_point(sec_rgb: np.ndarray, mri_u8: np.ndarray) -> tuple[int, int, int]:
-    """Through the brightest second-image voxel inside the head (the hot spot / the bone), smoothed."""
-    from scipy import ndimage
-
+def measures(mri_u8, sec_rgb, fused_rgb, task: str) -> dict:
+    """Anatomy kept (fused and 50/50 blend) and, for CT-MRI, bone kept, on the LPS arrays (axial slices: axis 0)."""
+    from ECFusionLib import metrics as M
     from ECFusionLib.colour import luminance
+    from ECFusionLib.evaluation import check_name
 
-    y = ndimage.uniform_filter(luminance(sec_rgb) * (mri_u8 > 20), 5)
-    return tuple(int(i) for i in np.unravel_index(np.argmax(y), y.shape))
+    sec_y, fused_y = luminance(sec_rgb), luminance(fused_rgb)
+    a = M.anatomy_vs_blend(mri_u8, fused_y, sec_y, axis=0)
+    out = {k: round(v, 3) for k, v in a.items()}
+    if check_name(task) == "bone_kept":  # the task's image check (TaskSpec.image_check)
+        out["bone_kept"] = round(M.bone_kept(sec_y, mri_u8, fused_y), 3)
+        out["bone_kept_blend"] = round(M.bone_kept(sec_y, mri_u8, M.blend_y(mri_u8, sec_y)), 3)
+    return out
 
 
 def figure(name: str, mri: Path, second: Path, task: str, out_dir: Path, tmp: Path, point=None) -> dict:
     from ECFusionLib import metrics as M
-    from ECFusionLib.colour import luminance
+    from ECFusionLib.colour import luminance, to_uint8
 
     fused_path = tmp / f"{name}.nrrd"
     secs = run_fuse(mri, second, task, fused_path)
     mri_u8, sec_rgb, fused_rgb, spacing = display_volumes(mri, second, fused_path, task)
     if point is None:
         point = tuple(s // 2 for s in mri_u8.shape)
-    write_png(montage([mri_u8, sec_rgb, fused_rgb], point, spacing), out_dir / f"{name}.png")
+    blend = to_uint8(M.blend_rgb(mri_u8, sec_rgb))
+    write_png(montage([mri_u8, sec_rgb, fused_rgb, blend], point, spacing), out_dir / f"{name}.png")
     band = M.banding_ratio(luminance(fused_rgb), luminance(sec_rgb), mri_u8, axis=0)  # axial slices: LPS z
     info = {"figure": f"{name}.png", "task": task, "shape_zyx": list(mri_u8.shape), "point_zyx": list(point),
-            "fuse_s": round(secs, 1), "banding_axial": {k: round(v, 3) for k, v in band.items()}}
+            "fuse_s": round(secs, 1), "measures": measures(mri_u8, sec_rgb, fused_rgb, task),
+            "banding_axial": {k: round(v, 3) for k, v in band.items()}}
     print(json.dumps(info))
     return info
 
@@ -151,32 +162,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real3d", default=str(ROOT.parent / "shared" / "data" / "real3d"))
     p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--colin", help="Colin27 T1 (ch2.nii.gz from mricron-data), optional")
+    p.add_argument("--colin", help="Colin27 T1 (ch2.nii.gz from mricron-data); default: Testing/real_data.py's")
     p.add_argument("--phantom-spacing", type=float, default=1.5, help="mm; the CT-MRI phantom's MRI grid")
     args = p.parse_args(argv)
     from ECFusionLib.tasks import task_of_modality
 
     real, out = Path(args.real3d), Path(args.out)
-    t1 = real / "T1_ICBM152avg.nii.gz"
+    colin = Path(args.colin) if args.colin else None
+    if colin is None:
+        sys.path.insert(0, str(ROOT / "Testing"))
+        from real_data import colin27_t1
+
+        colin, why = colin27_t1()
+        if colin is None:
+            p.error(f"{why}; pass --colin ch2.nii.gz")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         pet, spect, ct = (task_of_modality(m) for m in ("PET", "SPECT", "CT"))
-        figure("pet-mri_icbm152", t1, real / "PET_H2O15_avg12.nii.gz", pet, out, tmp)
-        figure("spect-mri_icbm152", t1, real / "SPECT_HMPAO_avg90.nii.gz", spect, out, tmp)
-        if args.colin:
-            figure("pet-mri_colin27", Path(args.colin), real / "PET_H2O15_avg12.nii.gz", pet, out, tmp)
+        figure("pet-mri_colin27", colin, real / "PET_H2O15_avg12.nii.gz", pet, out, tmp)
+        figure("spect-mri_colin27", colin, real / "SPECT_HMPAO_avg90.nii.gz", spect, out, tmp)
         from ECFusionLib.phantom import make_phantom
 
         s = args.phantom_spacing
         ph = make_phantom(size=tuple(int(round(n / s)) for n in (181, 217, 181)), seed=0, spacing=s)
-        for k in ("MRI", "CT", "PET"):
+        for k in ("MRI", "CT"):
             sitk.WriteImage(ph[k], str(tmp / f"phantom_{k.lower()}.nrrd"))
         figure("ct-mri_phantom", tmp / "phantom_mri.nrrd", tmp / "phantom_ct.nrrd", ct, out, tmp)
-        # the phantom PET through its hot lesion (the lesion is the hottest PET spot: white under PET-Heat)
-        mri_u8, sec_rgb, *_ = display_volumes(tmp / "phantom_mri.nrrd", tmp / "phantom_pet.nrrd",
-                                               tmp / "ct-mri_phantom.nrrd", pet)
-        figure("pet-mri_phantom_lesion", tmp / "phantom_mri.nrrd", tmp / "phantom_pet.nrrd", pet, out, tmp,
-               point=hottest_point(sec_rgb, mri_u8))
     return 0
 
 

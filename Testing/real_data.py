@@ -1,0 +1,94 @@
+"""Real head volumes for the tests: found or fetched outside the repository, or the test is skipped with the reason.
+
+- The single-subject 1 mm T1 (Colin27, ``ch2.nii.gz``) from Debian's ``mricron-data`` package: the folder in
+  ``$ECFUSION_MRICRON_DIR`` (holding ``ch2.nii.gz``, or the package's ``usr/share/mricron/templates``), else the
+  cache ``$ECFUSION_TEST_DATA`` (default ``~/.cache/ecfusion-test-data``), else fetched into that cache with
+  ``apt-get download mricron-data`` + ``dpkg -x`` (``apt-get update -qq`` first if the download fails).
+  ``python Testing/real_data.py`` does the fetch (``.ci/run`` calls it before the tests).
+- The real H2-15O PET and HMPAO SPECT averages (SPM12, 2 mm MNI): the folder in ``$ECFUSION_REAL3D_DIR``, else
+  ``shared/data/real3d`` beside the repository or one of its parents (``../shared/data/real3d``).
+Nothing is ever written inside the repository.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+T1_NAME = "ch2.nii.gz"
+TEMPLATES = Path("usr/share/mricron/templates")
+REAL3D = ("PET_H2O15_avg12.nii.gz", "SPECT_HMPAO_avg90.nii.gz")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ECFUSION_TEST_DATA", Path.home() / ".cache" / "ecfusion-test-data"))
+
+
+def _t1_in(folder: Path) -> Path | None:
+    for candidate in (folder / T1_NAME, folder / TEMPLATES / T1_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _run(cmd: list[str], cwd: Path) -> bool:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=300).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def fetch_mricron(cache: Path) -> str | None:
+    """Download ``mricron-data`` and unpack it into ``cache``; None when done, else why it could not."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        return "apt-get/dpkg not available (not a Debian-based system)"
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        work = Path(tmp)
+        if not _run(["apt-get", "download", "mricron-data"], work):
+            _run(["apt-get", "update", "-qq"], work)  # works as root only; harmless otherwise
+            if not _run(["apt-get", "download", "mricron-data"], work):
+                return "`apt-get download mricron-data` failed (offline, or no package list)"
+        debs = sorted(work.glob("mricron-data_*.deb"))
+        if not debs or not _run(["dpkg", "-x", str(debs[0]), str(work / "x")], work):
+            return "`dpkg -x` of mricron-data failed"
+        unpacked = work / "x" / TEMPLATES / T1_NAME
+        if not unpacked.is_file():
+            return f"mricron-data has no {T1_NAME}"
+        shutil.copyfile(unpacked, cache / (T1_NAME + ".part"))
+        os.replace(cache / (T1_NAME + ".part"), cache / T1_NAME)  # never a half-written file in the cache
+    return None
+
+
+def colin27_t1(fetch: bool = True) -> tuple[Path | None, str]:
+    """(path of ch2.nii.gz, "") or (None, why not)."""
+    given = os.environ.get("ECFUSION_MRICRON_DIR")
+    if given:
+        found = _t1_in(Path(given))
+        return (found, "") if found else (None, f"ECFUSION_MRICRON_DIR={given} holds no {T1_NAME}")
+    found = _t1_in(cache_dir())
+    if found or not fetch:
+        return found, "" if found else f"{T1_NAME} not in {cache_dir()}"
+    why = fetch_mricron(cache_dir())
+    return (cache_dir() / T1_NAME, "") if why is None else (None, f"single-subject T1 unavailable: {why}")
+
+
+def real3d_dir() -> tuple[Path | None, str]:
+    """(folder holding the real PET and SPECT, "") or (None, why not)."""
+    given = os.environ.get("ECFUSION_REAL3D_DIR")
+    candidates = [Path(given)] if given else [p / "shared" / "data" / "real3d" for p in ROOT.parents]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in REAL3D):
+            return folder, ""
+    return None, ("real PET/SPECT volumes not found: set ECFUSION_REAL3D_DIR to a folder holding "
+                  + ", ".join(REAL3D))
+
+
+if __name__ == "__main__":  # fetch for CI; never fails the build
+    path, why = colin27_t1()
+    print(f"real_data: {path}" if path else f"real_data: {why} (the tests that need it will be skipped)")
+    sys.exit(0)
