@@ -25,7 +25,7 @@ from .input_checks import check_numbers, input_warnings, refuse_same_input, refu
 from .modality import image_modality, resolve_task
 from .safe_files import refuse_overwriting_inputs, sha256_files
 from .suv import PET_UNITS, suv_factor
-from .tasks import check_task, second_modality
+from .tasks import TaskSpec, check_task, task_spec
 from .volume_io import (check_image, check_output_dimension, check_writable, full_suffix, read_image, sidecar_path,
                         write_image_atomic)
 
@@ -199,15 +199,15 @@ def recorded_metadata(output: str | Path) -> dict | None:
     return meta or None
 
 
-def _pet_units(request: FuseRequest, task: str, second: InputVolume) -> dict:
+def _pet_units(request: FuseRequest, spec: TaskSpec, second: InputVolume) -> dict:
     """Convert the functional image to the requested units (in place); returns the units record."""
     if request.pet_units not in PET_UNITS:
         raise ECFusionError(f"unknown PET units '{request.pet_units}': use one of {', '.join(PET_UNITS)}")
     native = {"units": (second.series.units if second.series else "") or "as stored"}
     if request.pet_units == "native":
         return native
-    if second_modality(task) != "PET":
-        raise ECFusionError(f"--pet-units suv is for PET, not the {second_modality(task)} of {task}")
+    if spec.second_modality != "PET":
+        raise ECFusionError(f"--pet-units suv is for PET, not the {spec.second_modality} of {spec.name}")
     if second.series is None:
         raise ECFusionError(f"--pet-units suv needs the PET as DICOM (its dose, weight and time tags); "
                             f"{second.provenance['path']} is not DICOM")
@@ -296,12 +296,13 @@ def _fuse_files(request, load_model, progress, cancel, status) -> FuseOutcome:
     second = read_input(request.functional, request.functional_series, what="functional image", allow_rgb=True,
                         notify=log.warning)
     refuse_same_series(anatomical.series, second.series)
-    task = resolve_task(given_task, second.modality)  # input_warnings checks the labels
+    spec = task_spec(resolve_task(given_task, second.modality))  # resolved once; input_warnings checks the labels
+    task = spec.name
     if model is None:
         model, info = load_model(task, request.weights, request.model, backend, request.device)
-    units = _pet_units(request, task, second)
+    units = _pet_units(request, spec, second)
     given = request.ct_window is not None or request.ct_level is not None
-    for warning in input_warnings(task, anatomical.image, second.image, ct_window_given=given):
+    for warning in input_warnings(spec, anatomical.image, second.image, ct_window_given=given):
         log.warning(warning)
     transform = registration_transform(request, anatomical.image, second.image, status)
     PHASES.debug("read")

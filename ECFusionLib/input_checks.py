@@ -21,12 +21,12 @@ from .errors import ECFusionError
 from .safe_files import same_file
 from .options import check_number
 from .modality import image_modality
-from .tasks import TASK_SPECS, detect_task, task_spec
+from .tasks import TASK_SPECS, WINDOW_DEFAULT, TaskSpec, detect_task, task_spec
 
 CT_AIR_HU = -500.0  # a head CT has air near -1000 HU: some voxels lie below this
 COARSE_MM = 2.5  # PET/SPECT voxels are >= ~2.5 mm in every direction; MRI/CT in-plane voxels are finer
 SWAP_RATIO = 2.0  # anatomical voxels this many times larger than the functional's: swapped inputs?
-DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = TASK_SPECS["CT-MRI"].default_window  # HU
+DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = WINDOW_DEFAULT  # HU
 SAMPLE = 2_000_000  # voxels looked at (a regular subsample of larger images)
 
 
@@ -61,6 +61,11 @@ def _voxel_mm(img: sitk.Image) -> float:
     return float(np.cbrt(np.prod(img.GetSpacing()))) if img.GetDimension() == 3 else float(np.mean(img.GetSpacing()))
 
 
+def _suggest(mapping: str) -> str:
+    """'--task A or --task B': the tasks whose second image has ``mapping`` ("window": HU, "colormap": PET/SPECT)."""
+    return " or ".join(f"--task {s.name}" for s in TASK_SPECS.values() if s.second_mapping == mapping)
+
+
 def suggest_ct_window(values: np.ndarray) -> tuple[float, float]:
     """(window, level) for a CT not stored in Hounsfield units, from its histogram, shaped like the default HU
     window (level 40, width 150 HU: brain grey, bone white, air black): the level at the soft-tissue peak (the
@@ -77,10 +82,13 @@ def suggest_ct_window(values: np.ndarray) -> tuple[float, float]:
     return float(max((level - air) * DEFAULT_CT_WINDOW / (DEFAULT_CT_LEVEL + 1000.0), 1e-6)), level
 
 
-def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image, *, ct_window_given: bool = False) -> list[str]:
-    """Warnings (each with its likely fix) about inputs that look wrong for ``task``; [] when all is plausible.
+def input_warnings(task: str | TaskSpec, anatomical: sitk.Image, functional: sitk.Image, *,
+                   ct_window_given: bool = False) -> list[str]:
+    """Warnings (each with its likely fix) about inputs that look wrong for ``task`` (a name or its ``TaskSpec``);
+    [] when all is plausible.
     ``ct_window_given``: the user gave --ct-window/--ct-level, so a CT not in HU is not reported."""
     spec = task_spec(task)
+    task = spec.name
     modality, codes = spec.second_modality, spec.dicom_modalities  # codes: the DICOM Modality values it accepts
     expected, mr = "/".join(codes), spec.anatomical_dicom_modalities  # mr: the anatomical image's codes ("MR")
     warnings = []
@@ -100,13 +108,13 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image, *,
     va, vf = _values(anatomical), _values(functional)
     if va is not None and va.min() < CT_AIR_HU:
         warnings.append(f"the anatomical image has values down to {va.min():.0f}, like CT Hounsfield units; "
-                        "--anatomical should be the MRI (a CT goes to --functional with --task CT-MRI)")
+                        f"--anatomical should be the MRI (a CT goes to --functional with {_suggest('window')})")
     coarse = functional.GetDimension() == 3 and min(functional.GetSpacing()) >= COARSE_MM
     if vf is not None and not (tag_f and tag_f not in codes):
         if modality == "CT" and vf.min() >= CT_AIR_HU:
             if vf.min() >= 0 and coarse:
                 warnings.append(f"the CT image has no negative values and a coarse {min(functional.GetSpacing()):.1f} mm "
-                                "grid, like a PET or SPECT; did you mean --task PET-MRI or --task SPECT-MRI?")
+                                f"grid, like a PET or SPECT; did you mean {_suggest('colormap')}?")
             elif not ct_window_given:
                 window, level = suggest_ct_window(vf)
                 warnings.append(f"the CT image does not look like Hounsfield units (no voxel below {CT_AIR_HU:.0f}; "
@@ -116,7 +124,7 @@ def input_warnings(task: str, anatomical: sitk.Image, functional: sitk.Image, *,
                                 "it is a CT")
         elif modality in ("PET", "SPECT") and vf.min() < CT_AIR_HU:
             warnings.append(f"the {modality} image has values down to {vf.min():.0f}, like CT Hounsfield units "
-                            f"(a {modality} has no negative values); did you mean --task CT-MRI?")
+                            f"(a {modality} has no negative values); did you mean {_suggest('window')}?")
     if anatomical.GetDimension() == 3 and functional.GetDimension() == 3:
         ra, rf = _voxel_mm(anatomical), _voxel_mm(functional)
         if ra >= SWAP_RATIO * rf and min(anatomical.GetSpacing()) >= COARSE_MM:
@@ -155,7 +163,7 @@ def _content_warnings(modality: str, anatomical: sitk.Image, functional: sitk.Im
                 f"{sf:.1f}), like a {modality} given as the MRI: are --anatomical and --functional swapped?"]
     if modality in ("PET", "SPECT") and sf >= SHARPER * sa:
         return [f"the {modality} image has edges as sharp as the MRI's (edge content {sf:.1f} vs {sa:.1f}), like a "
-                f"CT (or an MRI), not a {modality}: did you mean --task CT-MRI, or are the inputs swapped?"]
+                f"CT (or an MRI), not a {modality}: did you mean {_suggest('window')}, or are the inputs swapped?"]
     return []
 
 

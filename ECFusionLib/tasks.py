@@ -126,9 +126,10 @@ def check_task(task: str) -> str:
     raise ECFusionError(f"unknown task '{task}': use one of {', '.join(TASK_NAMES)}")
 
 
-def task_spec(task: str) -> TaskSpec:
-    """The ``TaskSpec`` of ``task`` (any case); ECFusionError if unknown."""
-    return TASK_SPECS[check_task(task)]
+def task_spec(task: str | TaskSpec) -> TaskSpec:
+    """The ``TaskSpec`` of ``task`` (a name, any case; a ``TaskSpec`` is returned as it is); ECFusionError if
+    unknown. Front ends resolve the task once and pass the spec on."""
+    return task if isinstance(task, TaskSpec) else TASK_SPECS[check_task(task)]
 
 
 def second_modality(task: str) -> str:

@@ -40,7 +40,7 @@ from ECFusionLib.backends import installed, load_network  # noqa: E402
 from ECFusionLib.engine import cpu_has_bf16, fuse_volume, make_runner, resolve_device  # noqa: E402
 from ECFusionLib.network import count_parameters  # noqa: E402
 from ECFusionLib.runtime import tune_cpu  # noqa: E402
-from ECFusionLib.tasks import DEVICES  # noqa: E402
+from ECFusionLib.tasks import DEFAULT_TASK, DEVICES  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -137,7 +137,7 @@ def make_paths(model, dev, a_warm, b_warm) -> dict:
     if dev.type == "cuda" or cpu_has_bf16():
         runners["torch bf16"] = make_runner(model, device=str(dev), precision="bf16")
     if installed("onnxruntime"):
-        net, _ = load_network("PET-MRI", backend="onnxruntime", device=dev.type)
+        net, _ = load_network(DEFAULT_TASK, backend="onnxruntime", device=dev.type)
         runners["onnxruntime"] = make_runner(net)
     paths = {"naive": lambda a, b: naive_fuse(model, a, b, dev)}
     for name, runner in runners.items():
@@ -220,7 +220,6 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         onnx_backend.DEFAULT_THREADS = args.threads
     dev = resolve_device(args.device)
-    from ECFusionLib.tasks import DEFAULT_TASK
     from ECFusionLib.weights import load_model
 
     model, _ = load_model(DEFAULT_TASK)
