@@ -76,7 +76,9 @@ NOT_RUN = {  # README example -> why it does not run here
     "pip install torch --index-url https://download.pytorch.org/whl/cu126": "a CUDA build of torch: needs a GPU",
     "pip install -e \".[torch]\"": "an installation", "pip install -e \".[train]\"": "an installation",
     "pip install": "names pip (what not to do inside Slicer)", "git clone": "names git",
-    "pytest Testing": "the test suite itself",
+    "pytest Testing": "the test suite itself", "pytest Testing -m \"not slow\"": "the test suite itself (quick run)",
+    "ecfusion train --architecture NAME": "an option of the train example above, with a placeholder (NAME); "
+                                          "Testing/test_training.py trains other architectures",
     DICOM_UIDS: "placeholder UIDs (1.2.840...7): run with a study's own UIDs put in by "
                 "Testing/test_dicom_safety.py::test_readme_example_one_folder_two_series",
     "ecfusion batch cohort.csv --output-dir fused/ --scheduler tcp://10.0.0.5:8786":
