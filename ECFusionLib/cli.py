@@ -170,9 +170,7 @@ def cmd_models(args) -> int:
 
 def cmd_train(args) -> int:
     from .training import TrainConfig, train
-    from .weights import bundled_weights
-
-    from .weights import models
+    from .weights import bundled_weights, models
 
     init = args.init_weights
     if init == "bundled" or init in models():

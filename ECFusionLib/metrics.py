@@ -393,6 +393,15 @@ def structure_map(reference, test, axis: int = 0, size: int = CS_WINDOW) -> tupl
     return ((2 * cov + CS_C2) / (vr + vt + CS_C2)).astype(np.float32), np.sqrt(vr).astype(np.float32)
 
 
+def bone_zone(ct, axis: int = 0, level: float = BONE_CT_LEVEL, size: int = CS_WINDOW) -> np.ndarray:
+    """CT bone (>= ``level``, 0-255 after the window) grown by the structure window (``size`` in-plane): where the
+    fused image is meant to show the CT, not the MRI (``bone_kept`` measures it); left out of ``anatomy_kept``."""
+    shape = [size] * np.ndim(ct)
+    if np.ndim(ct) == 3:
+        shape[axis] = 1
+    return ndimage.maximum_filter(_f64(ct) >= level, size=shape)
+
+
 def anatomy_kept(mri, fused_y, second_y, axis: int = 0, head=None) -> dict[str, float]:
     """"Anatomy kept": mean SSIM contrast-structure (``structure_map``) between the fused luminance and the MRI.
 
@@ -426,7 +435,8 @@ def blend_rgb(mri, second_rgb, alpha: float = 0.5) -> np.ndarray:
 
 def anatomy_vs_blend(mri, fused_y, second_y, axis: int = 0, head=None) -> dict[str, float]:
     """``anatomy_kept`` of the fused image and of the 50/50 ``blend_y``, and their ratios (fused / blend):
-    keys head, bright, blend_head, blend_bright, ratio_head, ratio_bright."""
+    keys head, bright, blend_head, blend_bright, ratio_head, ratio_bright. For CT-MRI pass ``head`` without
+    ``bone_zone`` (there the CT is what must show: ``bone_kept``)."""
     f = anatomy_kept(mri, fused_y, second_y, axis, head)
     b = anatomy_kept(mri, blend_y(mri, second_y), second_y, axis, head)
     return {**f, "blend_head": b["head"], "blend_bright": b["bright"],

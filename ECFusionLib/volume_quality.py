@@ -7,7 +7,8 @@
 - focal uptake kept (PET/SPECT): spherical lesions written into the functional volume (``insert_lesions``),
   each lesion's colour distance to its surrounding shell in the fused RGB, the blend and the functional image
   alone (``metrics.lesion_contrast``);
-- bone kept (CT-MRI, ``metrics.bone_kept``).
+- bone kept (CT-MRI, ``metrics.bone_kept``); for CT-MRI anatomy is measured outside the bone (``metrics.bone_zone``),
+  where the fused image is meant to show the CT.
 The blend is of the images as displayed: the MRI grey (as mapped for the network) and the second image through
 the colour map and window the fusion used (recorded in its metadata), or the CT through its window.
 """
@@ -122,8 +123,9 @@ def evaluate_volumes(anatomical: sitk.Image, second: sitk.Image, settings: Fusio
     axis = slice_axis(anatomical, settings.axis)
     fused, rgb, sec_y, mri = _fused_and_display(anatomical, second, settings)
     fused_y = luminance(fused) if fused.ndim == 4 else fused.astype(np.float32)
+    head = (mri > 4) & ~M.bone_zone(sec_y, axis) if rgb is None else None  # CT-MRI: the MRI's anatomy outside bone
     report = {"task": settings.task, "keep_salient": settings.keep_salient,
-              "anatomy": M.anatomy_vs_blend(mri, fused_y, sec_y, axis)}
+              "anatomy": M.anatomy_vs_blend(mri, fused_y, sec_y, axis, head)}
     if rgb is None:  # CT-MRI
         report["bone_kept"] = {"fused": M.bone_kept(sec_y, mri, fused_y),
                                "blend": M.bone_kept(sec_y, mri, M.blend_y(mri, sec_y))}

@@ -94,6 +94,7 @@ def test_batch_on_a_local_cluster_then_rerun_skips(capsys, tmp_path, cohort, pha
     assert np.abs(sitk.GetArrayFromImage(fused).astype(float) - b).mean() < 0.5  # b: `ecfusion fuse` on torch
 
 
+@pytest.mark.slow
 def test_changed_settings_or_inputs_are_not_up_to_date(tmp_path, cohort, phantom, weights_file, capsys):
     rows = read_manifest(cohort, tmp_path, device="cpu", weights=weights_file)
     job = batch_worker.BatchJob(rows[0].id, rows[0].line, rows[0].request)

@@ -196,6 +196,7 @@ def test_evaluate_prints_the_image_checks(tmp_path, capsys):
     assert "hot_kept" in header
 
 
+@pytest.mark.slow
 def test_ct_bone_is_kept_brighter_with_the_rule(hot_phantom):
     """CT-MRI on the phantom (bundled weights): the rule (default on) only brightens, and keeps more of the bone."""
     from ECFusionLib.fusion import FusionSettings, fuse_images

@@ -480,6 +480,7 @@ def test_failed_training_leaves_no_run_folder(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(tmp_path):
     from ECFusionLib.training import TrainConfig, train
 

@@ -9,14 +9,13 @@ engine, post (keep-salient rule, colour, output image), write.
 written to a temporary .nii.gz (not timed), e.g. a 512 x 512 x 300 MRI as a scanner exports it. Each run is a
 fresh process: ``ecfusion fuse`` as a user runs it, with a logging handler that records, at the end of each
 phase, the seconds and the peak RSS since the previous phase (Linux: VmHWM, reset through
-/proc/self/clear_refs). The process's peak over the whole run (getrusage) is printed too.
+/proc/self/clear_refs); the process's peak is the largest of them (the reset also resets what getrusage reports).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,13 +72,13 @@ def make_anatomical(source: Path, size: tuple[int, int, int], folder: Path) -> P
 
 
 def run(argv: list[str]) -> tuple[list[dict], float]:
-    """One fresh ``ecfusion fuse`` process: (phase records, the process's peak RSS in MB)."""
+    """One fresh ``ecfusion fuse`` process: (phase records, the process's peak RSS in MB over the phases)."""
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **_threads()})
     if done.returncode != 0:
         raise SystemExit(f"ecfusion fuse failed ({done.returncode}):\n{done.stderr[-3000:]}")
     phases = [json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("PHASE ")]
-    return phases, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return phases, max(ph["peak_mb"] for ph in phases if ph["peak_mb"] is not None)
 
 
 def _threads() -> dict:
