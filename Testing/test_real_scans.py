@@ -57,3 +57,21 @@ def test_default_fusion_keeps_more_anatomy_and_uptake_than_a_blend(colin_slab, t
     assert np.all(ratios >= 1.0), report["lesions"]
     assert np.median(ratios) >= 1.3, report["lesions"]
     assert all(row["fused"] >= 10.0 for row in report["lesions"]), report["lesions"]  # never invisible
+
+
+def test_evaluate_3d_prints_fused_and_blend(phantom_files, capsys, monkeypatch, tmp_path):
+    """`ecfusion evaluate --anatomical --functional` (paths relative to the working folder): anatomy kept of the
+    fused image and of the 50/50 blend, and bone kept for CT-MRI; a missing --functional is a clear error."""
+    import shutil
+
+    from ECFusionLib.cli import main
+
+    for name in ("MRI", "CT"):
+        shutil.copy(phantom_files[name], tmp_path / f"{name.lower()}.nrrd")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--anatomical", "mri.nrrd", "--functional", "ct.nrrd", "--task", "CT-MRI"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {"anatomy_kept_head", "anatomy_kept_bright", "bone_kept"}
+    assert all(np.isfinite(float(v)) for v in rows["anatomy_kept_head"])
+    assert main(["evaluate", "--anatomical", "mri.nrrd", "--task", "CT-MRI"]) == 2
+    assert "--functional" in capsys.readouterr().err

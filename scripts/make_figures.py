@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-TILE = 168  # pixels per montage tile (longest side): 3 x 4 tiles of a 1 mm head stay under 300 KB
+TILE = 140  # pixels per montage tile (longest side): 3 x 4 tiles of a 1 mm head stay under 300 KB
 
 
 def run_fuse(mri: Path, second: Path, task: str, out: Path, extra=()) -> float:
@@ -131,7 +131,8 @@ def measures(mri_u8, sec_rgb, fused_rgb, task: str) -> dict:
     from ECFusionLib.evaluation import check_name
 
     sec_y, fused_y = luminance(sec_rgb), luminance(fused_rgb)
-    a = M.anatomy_vs_blend(mri_u8, fused_y, sec_y, axis=0)
+    head = (mri_u8 > 4) & ~M.bone_zone(sec_y) if task == "CT-MRI" else None  # CT: the MRI's anatomy outside bone
+    a = M.anatomy_vs_blend(mri_u8, fused_y, sec_y, axis=0, head=head)
     out = {k: round(v, 3) for k, v in a.items()}
     if check_name(task) == "bone_kept":  # the task's image check (TaskSpec.image_check)
         out["bone_kept"] = round(M.bone_kept(sec_y, mri_u8, fused_y), 3)
