@@ -21,7 +21,7 @@ from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
 from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, robust_range, second_mapper
 from .registration import alignment_check, transform_provenance
-from .salient import focal_weight, keep_salient
+from .salient import focal_ratio, focal_weight, keep_salient, ratio_weight
 from .slabs import coarse_grid, float_source, resample_region, slabs
 from .tasks import task_spec
 from .volume_io import check_image
@@ -83,18 +83,19 @@ def _focal_weights(anatomical: sitk.Image, second: sitk.Image, spec, settings: F
     """For a task whose keep-salient rule is the focal one (PET/SPECT, ``salient.focal_weight``): a function
     giving the rule's weight on a slab ``idx`` of the anatomical grid; None when the rule is off for the task.
 
-    A scalar PET/SPECT: the weight is computed from its values on its own grid (coarse: small; a ratio to the
-    local background, so the grid barely matters) and resampled onto the anatomical grid slab by slab (linear,
-    0 outside). Otherwise (RGB, 8-bit 2D pairs) from the second image's Y (``sec_u8``) on the anatomical grid."""
+    A scalar PET/SPECT: its uptake / local background (``salient.focal_ratio``) is computed from its values on
+    its own grid (coarse: small, no whole float copy of the anatomical grid) and interpolated onto the anatomical
+    grid slab by slab (linear, 0 outside), where it becomes the weight. Otherwise (RGB, 8-bit 2D pairs) the
+    weight comes from the second image's Y (``sec_u8``) on the anatomical grid."""
     if not (settings.keep_salient and spec.salient_focal):
         return None
     scalar = second.GetNumberOfComponentsPerPixel() == 1 and spec.second_mapping == "colormap" and not settings.as_is
     if not scalar:
         whole = focal_weight(sec_u8, anatomical.GetSpacing()[::-1])
         return lambda idx: whole[idx]
-    weight = sitk.GetImageFromArray(focal_weight(sitk.GetArrayViewFromImage(second), second.GetSpacing()[::-1]))
-    weight.CopyInformation(second)
-    return lambda idx: resample_region(weight, anatomical, idx, transform, 0.0)
+    ratio = sitk.GetImageFromArray(focal_ratio(sitk.GetArrayViewFromImage(second), second.GetSpacing()[::-1]))
+    ratio.CopyInformation(second)
+    return lambda idx: ratio_weight(resample_region(ratio, anatomical, idx, transform, 0.0))
 
 
 def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: FusionSettings, axis: int, transform):

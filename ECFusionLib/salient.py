@@ -118,18 +118,28 @@ def _smooth(arr: np.ndarray, spacing, sigma_mm: float) -> np.ndarray:
 
 def focal_weight(values: np.ndarray, spacing, *, sigma_mm: float = FOCAL_SIGMA_MM, ratio: float = FOCAL_RATIO,
                  ramp: float = FOCAL_RAMP, floor: float = FOCAL_FLOOR) -> np.ndarray:
-    """Where the functional image has focal uptake above its local background: weight in [0, 1], float32.
+    """Where the functional image has focal uptake above its local background: weight in [0, 1], float32,
+    ``ratio_weight(focal_ratio(values, spacing))``.
 
-    ``values``: the PET/SPECT on the fused grid (2D/3D; physical values >= 0, or its 0-255 grey when it has no
-    values), ``spacing``: voxel size in mm in array axis order. The background is the Gaussian (``sigma_mm``)
-    average of the surrounding tissue, the uptake itself excluded (two passes: voxels above ``FOCAL_WIDE`` x a wide
-    first background are left out of the second), so a large lesion does not raise its own background;
-    w = clip((values / background - ratio) / ramp, 0, 1), 0 below ``floor`` x the 99.9th percentile.
     Ratios are scale-free, so the result does not depend on the window or the units. Measured on the real
     H2-15O PET and HMPAO SPECT averages (normal brains, 2 mm): the 99.9th percentile of values / background
     is 1.25 / 1.28 (sigma 6 mm), so a normal brain is left alone, while lesions of 2x their local mean
     (radius 3-10 mm) reach >= 1.44.
     """
+    return ratio_weight(focal_ratio(values, spacing, sigma_mm=sigma_mm, floor=floor), ratio=ratio, ramp=ramp)
+
+
+def focal_ratio(values: np.ndarray, spacing, *, sigma_mm: float = FOCAL_SIGMA_MM,
+                floor: float = FOCAL_FLOOR) -> np.ndarray:
+    """Uptake / its local background, float32 of ``values``' shape; 0 outside the tissue (below ``floor`` x the
+    99.9th percentile).
+
+    ``values``: the PET/SPECT (2D/3D; physical values >= 0, or its 0-255 grey when it has no values), on its
+    own grid or the fused one; ``spacing``: voxel size in mm in array axis order. The background is the Gaussian
+    (``sigma_mm``) average of the surrounding tissue, the uptake itself excluded (two passes: voxels above
+    ``FOCAL_WIDE`` x a wide first background are left out of the second), so a large lesion does not raise its
+    own background. The ratio is smooth where the values are, so it can be computed on the PET/SPECT's coarse
+    grid and interpolated onto the MRI's (``fusion`` does, slab by slab)."""
     v = np.maximum(np.asarray(values, np.float32), 0.0)
     top = float(np.percentile(v, 99.9)) if v.size else 0.0
     if top <= 0:
@@ -141,4 +151,9 @@ def focal_weight(values: np.ndarray, spacing, *, sigma_mm: float = FOCAL_SIGMA_M
     around = tissue * (v <= excess * first)
     background = _smooth(v * around, spacing, sigma_mm) / np.maximum(_smooth(around, spacing, sigma_mm), eps)
     background = np.maximum(background, floor * top)
-    return (np.clip((v / background - ratio) / ramp, 0.0, 1.0) * tissue).astype(np.float32)
+    return (v / background * tissue).astype(np.float32)
+
+
+def ratio_weight(ratio_map: np.ndarray, *, ratio: float = FOCAL_RATIO, ramp: float = FOCAL_RAMP) -> np.ndarray:
+    """The focal rule's weight from ``focal_ratio``: clip((uptake / background - ratio) / ramp, 0, 1), float32."""
+    return np.clip((np.asarray(ratio_map, np.float32) - ratio) / ramp, 0.0, 1.0).astype(np.float32)
