@@ -223,7 +223,8 @@ def test_ema_weights_are_validated_and_saved_and_packed_data_trains(tmp_path):
     assert [p.name for p in tiny] == ["5000", "6000", "7000"]
     lines = []
     cfg = TrainConfig(data=str(packed), task="PET-MRI", out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=1e-3,
-                      upsample=False, intensity_weight=1.0, salient_weight=1.0, ssim_weight=0.5, ssim_reference="variance",
+                      upsample=False, intensity_weight=1.0, salient_weight=1.0, salient_threshold=208.0, ssim_weight=0.5,
+                      ssim_reference="variance",
                       ema=0.9, folds=_folds_file(tmp_path / "folds.json", [["5"], ["6"], ["7"]]), holdout_fold=2,
                       steps_per_epoch=3, device="cpu", threads=2, select_metrics=["Qabf", "SSIM"])
     best = train(cfg, log=lines.append)
