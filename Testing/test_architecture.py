@@ -121,3 +121,17 @@ def test_number_bounds_are_declared_once(name):
         assert options.check_number(name, high, panel=True) == high
         with pytest.raises(ECFusionError, match="between"):
             options.check_number(name, high + 1, panel=True)
+
+
+def test_small_functions_and_modules():
+    """Readable sizes (issue 22): no function of the library or the Slicer module over 80 lines; the command line
+    a thin layer (cli.py <= 400 lines) and the training loop <= 450 lines."""
+    slicer = PACKAGE.parent / "ECFusionSlicer"
+    long = []
+    for path in [*PACKAGE.glob("*.py"), *slicer.rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+    for name, most in (("cli.py", 400), ("training.py", 450)):
+        assert len((PACKAGE / name).read_text(encoding="utf-8").splitlines()) <= most, name
