@@ -131,10 +131,11 @@ def measures(mri_u8, sec_rgb, fused_rgb, task: str) -> dict:
     from ECFusionLib.evaluation import check_name
 
     sec_y, fused_y = luminance(sec_rgb), luminance(fused_rgb)
-    head = (mri_u8 > 4) & ~M.bone_zone(sec_y) if task == "CT-MRI" else None  # CT: the MRI's anatomy outside bone
+    bone = check_name(task) == "bone_kept"  # the task's image check (TaskSpec.image_check): CT-MRI
+    head = (mri_u8 > 4) & ~M.bone_zone(sec_y) if bone else None  # CT: the MRI's anatomy outside bone
     a = M.anatomy_vs_blend(mri_u8, fused_y, sec_y, axis=0, head=head)
     out = {k: round(v, 3) for k, v in a.items()}
-    if check_name(task) == "bone_kept":  # the task's image check (TaskSpec.image_check)
+    if bone:
         out["bone_kept"] = round(M.bone_kept(sec_y, mri_u8, fused_y), 3)
         out["bone_kept_blend"] = round(M.bone_kept(sec_y, mri_u8, M.blend_y(mri_u8, sec_y)), 3)
     return out
