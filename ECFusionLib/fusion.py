@@ -21,7 +21,7 @@ from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
 from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, robust_range, second_mapper
 from .registration import alignment_check, transform_provenance
-from .salient import focal_ratio, focal_weight, keep_salient, ratio_weight
+from .salient import focal_ratio, keep_salient, ratio_weight
 from .slabs import coarse_grid, float_source, resample_region, slabs
 from .tasks import task_spec
 from .volume_io import check_image
@@ -83,19 +83,26 @@ def _focal_weights(anatomical: sitk.Image, second: sitk.Image, spec, settings: F
     """For a task whose keep-salient rule is the focal one (PET/SPECT, ``salient.focal_weight``): a function
     giving the rule's weight on a slab ``idx`` of the anatomical grid; None when the rule is off for the task.
 
-    A scalar PET/SPECT: its uptake / local background (``salient.focal_ratio``) is computed from its values on
-    its own grid (coarse: small, no whole float copy of the anatomical grid) and interpolated onto the anatomical
-    grid slab by slab (linear, 0 outside), where it becomes the weight. Otherwise (RGB, 8-bit 2D pairs) the
-    weight comes from the second image's Y (``sec_u8``) on the anatomical grid."""
+    The uptake / local background (``salient.focal_ratio``) comes from a scalar PET/SPECT's values on its own grid
+    (coarse: small), else (RGB, e.g. from the Slicer panel, or 8-bit 2D pairs) from the second image's Y
+    (``sec_u8``) on the anatomical grid. Above ``slabs.ALIGNMENT_VOXELS`` that grid is block-averaged first
+    (``coarse_grid``; the background is a 6 mm Gaussian, so little is lost), so no whole float copy of a large
+    grid is made. The ratio is then interpolated onto the anatomical grid slab by slab (linear, 0 outside), where
+    it becomes the weight; on the anatomical grid itself it is read as it is."""
     if not (settings.keep_salient and spec.salient_focal):
         return None
-    scalar = second.GetNumberOfComponentsPerPixel() == 1 and spec.second_mapping == "colormap" and not settings.as_is
-    if not scalar:
-        whole = focal_weight(sec_u8, anatomical.GetSpacing()[::-1])
-        return lambda idx: whole[idx]
-    ratio = sitk.GetImageFromArray(focal_ratio(sitk.GetArrayViewFromImage(second), second.GetSpacing()[::-1]))
-    ratio.CopyInformation(second)
-    return lambda idx: ratio_weight(resample_region(ratio, anatomical, idx, transform, 0.0))
+    if second.GetNumberOfComponentsPerPixel() == 1 and spec.second_mapping == "colormap" and not settings.as_is:
+        source, tx = second, transform
+    else:
+        source, tx = sitk.GetImageFromArray(sec_u8), None
+        source.CopyInformation(anatomical)
+    grid = coarse_grid(source)
+    ratio = focal_ratio(sitk.GetArrayViewFromImage(grid), grid.GetSpacing()[::-1])
+    if grid is source and tx is None and source is not second:  # the anatomical grid itself
+        return lambda idx: ratio_weight(ratio[idx])
+    ratio_image = sitk.GetImageFromArray(ratio)
+    ratio_image.CopyInformation(grid)
+    return lambda idx: ratio_weight(resample_region(ratio_image, anatomical, idx, tx, 0.0))
 
 
 def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: FusionSettings, axis: int, transform):
