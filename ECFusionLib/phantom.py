@@ -100,9 +100,10 @@ def make_phantom(size=(181, 217, 181), seed: int = 0, spacing: float = 1.0) -> d
     pet = sitk.Clamp(pet + noise * sitk.Cast(pet > 0.2, sitk.sitkFloat32), lowerBound=0)
     spect_hr = _render(labels, PERFUSION, 11.0 * s, 0.0, rng)
     spect = _on_grid(spect_hr, [4.42 * s] * 3, np.ceil(ext / (4.42 * s)) + 2, -(ext / 2) - np.array((6.0, 2.0, 4.0)) * s)
+    pet, spect = sitk.Cast(pet, sitk.sitkFloat32), sitk.Cast(spect, sitk.sitkFloat32)  # before the tags: Cast drops them
     for img, modality in ((mri, "MR"), (ct, "CT"), (pet, "PT"), (spect, "NM")):
         img.SetMetaData("Modality", modality)
-    return {"MRI": mri, "CT": ct, "PET": sitk.Cast(pet, sitk.sitkFloat32), "SPECT": sitk.Cast(spect, sitk.sitkFloat32)}
+    return {"MRI": mri, "CT": ct, "PET": pet, "SPECT": spect}
 
 
 def write_phantom(folder: str | Path, size=(181, 217, 181), seed: int = 0) -> dict[str, Path]:

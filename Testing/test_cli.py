@@ -196,3 +196,14 @@ def test_installed_command_help():
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ECFusionLib.cli"]
     res = subprocess.run([*cmd, "fuse", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "examples:" in res.stdout and "--input-dir" in res.stdout
+
+
+def test_phantom_files_carry_their_modality(tmp_path):
+    """The demo's phantom NRRDs say what they are (README: the task registry's codes read from the `Modality` key);
+    the PET and SPECT lost theirs to a final cast before."""
+    from ECFusionLib.modality import image_modality
+    from ECFusionLib.phantom import write_phantom
+
+    paths = write_phantom(tmp_path, size=(40, 48, 40))
+    found = {name: image_modality(sitk.ReadImage(str(path))) for name, path in paths.items()}
+    assert found == {"MRI": "MR", "CT": "CT", "PET": "PT", "SPECT": "NM"}
