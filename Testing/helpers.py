@@ -81,3 +81,26 @@ def tiny_pairs(root: Path, cases=("5", "6"), slices=3, size=128, seed=0, task="P
                 sitk.GetImageFromArray(rgb.mean(axis=-1).astype(np.uint8))
             sitk.WriteImage(img, str(root / task / second / name))
     return root
+
+
+def png_pairs(root: Path, n: int = 2, size=(40, 56), rng=None, dark_rows: int = 0) -> Path:
+    """ROOT/<task>/{CT|PET,MRI}/7000.png ... (``n`` pairs each of CT-MRI and PET-MRI), random content from ``rng``
+    (default: seed 0); the PET as PET-Heat RGB, the first ``dark_rows`` rows of each MRI black. Returns ``root``."""
+    from ECFusionLib.intensity import map_functional
+
+    rng = np.random.default_rng(0) if rng is None else rng
+    for task, second in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
+        (root / task / second).mkdir(parents=True)
+        (root / task / "MRI").mkdir(parents=True)
+        for k in range(n):
+            name = f"7{k:03d}.png"
+            mri = rng.integers(0, 255, size).astype(np.uint8)
+            mri[:dark_rows] = 0
+            sitk.WriteImage(sitk.GetImageFromArray(mri), str(root / task / "MRI" / name))
+            if second == "PET":
+                rgb, _, _ = map_functional(rng.random(size) * 10, "PET", window=10, level=5)
+                sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(root / task / second / name))
+            else:
+                sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, size).astype(np.uint8)),
+                                str(root / task / second / name))
+    return root

@@ -10,9 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from ECFusionLib.cli import main
-from ECFusionLib.intensity import map_functional
 
-from helpers import file_digest, run_cli as run
+from helpers import file_digest, png_pairs, run_cli as run
 
 
 def fuse_args(files, weights, out, task="PET-MRI", second="PET"):
@@ -150,27 +149,10 @@ def test_failed_write_leaves_nothing(monkeypatch, tmp_path, phantom):
     assert list(tmp_path.iterdir()) == []
 
 
-def _png_tree(root, rng, n=2, size=(40, 56)):
-    for task, second in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
-        (root / task / second).mkdir(parents=True)
-        (root / task / "MRI").mkdir(parents=True)
-        for k in range(n):
-            name = f"7{k:03d}.png"
-            mri = rng.integers(0, 255, size).astype(np.uint8)
-            mri[:5] = 0
-            sitk.WriteImage(sitk.GetImageFromArray(mri), str(root / task / "MRI" / name))
-            if second == "PET":
-                rgb, _, _ = map_functional(rng.random(size) * 10, "PET", window=10, level=5)
-                sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(root / task / second / name))
-            else:
-                sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, size).astype(np.uint8)),
-                                str(root / task / second / name))
-
-
 def test_png_folder_mode_and_evaluate(capsys, tmp_path, weights_file):
     rng = np.random.default_rng(0)
     root = tmp_path / "pairs"
-    _png_tree(root, rng)
+    png_pairs(root, rng=rng, dark_rows=5)
     out = tmp_path / "fused"
     code, text = run(capsys, "fuse", "--input-dir", root, "--output", out, "--weights", weights_file, "--quiet")
     assert code == 0, text

@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from ECFusionLib.cli import main
-from ECFusionLib.intensity import map_functional
 
 from conftest import file_digest
+from helpers import png_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,24 +51,6 @@ def fuse(*extra, anatomical="mri.nrrd", functional="pet.nrrd", output="fused.nrr
     args = ["fuse", "--anatomical", anatomical, "--functional", functional, "--output", output, "--weights", "w.npz",
             "--device", "cpu", "--quiet", *extra]
     return args + (["--task", task] if task else [])
-
-
-def png_pairs(root: Path, n: int = 2, size=(40, 56)) -> None:
-    """ROOT/<task>/{CT|PET,MRI}/<name>.png, random content."""
-    rng = np.random.default_rng(0)
-    for task, second in (("CT-MRI", "CT"), ("PET-MRI", "PET")):
-        (root / task / second).mkdir(parents=True)
-        (root / task / "MRI").mkdir(parents=True)
-        for k in range(n):
-            name = f"7{k:03d}.png"
-            sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, size).astype(np.uint8)),
-                            str(root / task / "MRI" / name))
-            if second == "PET":
-                rgb, _, _ = map_functional(rng.random(size) * 10, "PET", window=10, level=5)
-                sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(root / task / second / name))
-            else:
-                sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, size).astype(np.uint8)),
-                                str(root / task / second / name))
 
 
 def hidden(folder: Path) -> list[str]:
