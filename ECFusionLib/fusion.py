@@ -93,12 +93,12 @@ def _focal_weights(anatomical: sitk.Image, second: sitk.Image, spec, settings: F
         return None
     if second.GetNumberOfComponentsPerPixel() == 1 and spec.second_mapping == "colormap" and not settings.as_is:
         source, tx = second, transform
-    else:
+    else:  # already on the anatomical grid
         source, tx = sitk.GetImageFromArray(sec_u8), None
         source.CopyInformation(anatomical)
     grid = coarse_grid(source)
     ratio = focal_ratio(sitk.GetArrayViewFromImage(grid), grid.GetSpacing()[::-1])
-    if grid is source and tx is None and source is not second:  # the anatomical grid itself
+    if grid is source and source is not second:  # the anatomical grid itself: read as it is
         return lambda idx: ratio_weight(ratio[idx])
     ratio_image = sitk.GetImageFromArray(ratio)
     ratio_image.CopyInformation(grid)
