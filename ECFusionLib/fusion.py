@@ -39,7 +39,7 @@ class FusionSettings:
     axis: str = "auto"
     colormap: str | None = None  # PET/SPECT scalar volumes: colour map name or table file
     colormap_table: np.ndarray | None = None  # or a 256 x 3 table (0-1), e.g. from a Slicer colour node
-    window: float | None = None  # PET/SPECT window/level (default: robust range)
+    window: float | None = None  # PET/SPECT window/level (default: intensity.default_window_level)
     level: float | None = None
     ct_window: float | None = None
     ct_level: float | None = None

@@ -4,9 +4,10 @@
   high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
 - CT: a Hounsfield window, default the CT task's (``tasks.WINDOW_DEFAULT``: level 40 HU / width 150 HU);
   configurable.
-- PET/SPECT scalar volumes: window/level (default: ``default_window_level``, the 0.5th percentile to the 99.99th
-  percentile of the voxels above it) through a colour map (default: the task's, ``colour.DEFAULT_COLORMAP``)
-  to RGB, then Y of BT.601 YCbCr.
+- PET/SPECT scalar volumes: window/level (default: ``default_window_level``: from the 0.5th percentile, with the
+  normal tissue's top (99th percentile of the voxels above it) at the colour map's luminance knee, so a normal
+  brain is not saturated and uptake above it takes the map's top colours) through a colour map (default: the
+  task's, ``colour.DEFAULT_COLORMAP``) to RGB, then Y of BT.601 YCbCr.
   RGB functional volumes are used as they are (their Y).
 Each mapping returns a small dict recorded in the output's metadata.
 """
@@ -19,7 +20,8 @@ from .tasks import WINDOW_DEFAULT
 
 DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = WINDOW_DEFAULT  # HU
 MRI_PERCENTILES = (0.5, 99.5)
-FUNCTIONAL_PERCENTILES = (0.5, 99.99)  # keep small hot spots (lesions) below saturation
+FUNCTIONAL_PERCENTILES = (0.5, 99.0)  # background; the normal tissue's top (small hot spots do not move it)
+KNEE_FRACTION = 0.8  # a colour map's luminance knee: where its Y first reaches this fraction of its maximum
 
 
 def robust_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, float]:
@@ -35,20 +37,36 @@ def robust_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, f
     return low, high
 
 
-def default_window_level(values: np.ndarray, window: float | None = None,
-                         level: float | None = None) -> tuple[float, float]:
-    """Window/level of scalar functional (PET/SPECT) ``values``: the given ones, else their robust range.
+def luminance_knee(table: np.ndarray | str | None = None) -> float:
+    """Where (0-1 along the map) the luminance of a 256 x 3 colour ``table`` (0-1; or a colour map name; None:
+    grey) first reaches ``KNEE_FRACTION`` of its maximum. PET-Heat: 0.42 (black-red-yellow below it, then the
+    near-flat yellow-white), PET-Rainbow2: 0.55 (its Y peaks at yellow, then falls toward red), grey: 0.9."""
+    table = colormap_table("Grey" if table is None else table) if table is None or isinstance(table, str) else table
+    y = luminance(np.asarray(table, np.float32) * 255.0)
+    return max(float(np.argmax(y >= KNEE_FRACTION * y.max())) / (len(y) - 1), 0.05)
+
+
+def default_window_level(values: np.ndarray, window: float | None = None, level: float | None = None,
+                         table: np.ndarray | str | None = None) -> tuple[float, float]:
+    """Window/level of scalar functional (PET/SPECT) ``values``: the given ones, else from the 0.5th percentile
+    (low) with the normal tissue's top (the 99th percentile of the voxels above low) at the colour map's
+    luminance knee (``luminance_knee(table)``): below it the displayed luminance follows the uptake (what the
+    network reads, as in its training images), above it the map's top colours (PET-Heat's white, PET-Rainbow2's
+    red) are left for uptake above the normal range, e.g. a lesion. Measured on the real H2-15O PET average:
+    brain median at PET-Heat's orange-yellow instead of 99 % of the brain at its yellow-white plateau (issue 18).
 
     Args:
         values: the voxel values; callers pass the volume as acquired (not resampled), so the result does
             not depend on the anatomical grid.
         window, level: given values (either may be None).
+        table: the colour map used (256 x 3, 0-1, or its name); None: grey.
     Returns:
         (window, level) in the values' units.
     """
     if window is not None and level is not None:
         return float(window), float(level)
-    low, high = robust_range(values, FUNCTIONAL_PERCENTILES)
+    low, top = robust_range(values, FUNCTIONAL_PERCENTILES)
+    high = low + (top - low) / luminance_knee(table)
     return (high - low if window is None else float(window)), ((high + low) / 2 if level is None else float(level))
 
 
@@ -78,8 +96,8 @@ def map_functional(arr: np.ndarray, modality: str, colormap: str | None = None, 
     """Scalar PET/SPECT -> (RGB ... x 3 uint8, Y uint8, mapping). ``table`` (256 x 3, 0-1) overrides ``colormap``;
     a missing window or level comes from ``default_window_level(arr)``."""
     name = colormap or DEFAULT_COLORMAP.get(modality, "PET-Heat")
-    window, level = default_window_level(arr, window, level)
     lut = colormap_table(name) if table is None else table
+    window, level = default_window_level(arr, window, level, lut)
     rgb = apply_colormap(arr, lut, float(window), float(level))
     return rgb, to_uint8(luminance(rgb)), {"modality": modality, "method": "colormap",
                                            "colormap": name if table is None else "custom table",
@@ -102,10 +120,11 @@ class _Defaults:
 
 
 def _colormap_mapper(spec, values, settings):
-    """Scalar PET/SPECT: coloured as displayed (the task's colour map unless set; window/level default: the
-    robust range of ``values``), then its luminance."""
-    window, level = default_window_level(values, settings.window, settings.level)
+    """Scalar PET/SPECT: coloured as displayed (the task's colour map unless set; window/level default:
+    ``default_window_level`` of ``values`` and the table), then its luminance."""
     colormap = settings.colormap or spec.default_colormap
+    table = colormap_table(colormap) if settings.colormap_table is None else settings.colormap_table
+    window, level = default_window_level(values, settings.window, settings.level, table)
     return lambda part: map_functional(part, spec.second_modality, colormap, window, level, settings.colormap_table)
 
 

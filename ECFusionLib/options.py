@@ -116,7 +116,7 @@ FUSE_OPTIONS: tuple[Option, ...] = (
            choices=AXES),
     Option("colormap", f"PET/SPECT colour map: {', '.join(COLORMAPS)}, or a 256x3 table file (default: PET-Heat for "
                        "PET, PET-Rainbow2 for SPECT)"),
-    numeric("window", "PET/SPECT display window, > 0 (default: robust range)", float, 0, strict=True),
+    numeric("window", "PET/SPECT display window, > 0 (default: the normal tissue at the colour map's luminance knee)", float, 0, strict=True),
     numeric("level", "PET/SPECT display level", float),
     numeric("ct_window", f"CT window in HU, > 0 (default {DEFAULT_CT_WINDOW:g})", float, 0, strict=True,
             panel_range=(1.0, 10000.0)),

@@ -43,7 +43,8 @@ class TaskSpec:
         second_mapping: of a scalar second image: "window" (fixed window/level, intensity.map_window) or
             "colormap" (window/level through a colour map, then Y; intensity.map_functional).
         default_colormap: colour map for "colormap" (a name in colour.COLORMAPS), else None.
-        default_window: (window, level) for "window", in the modality's units (CT: HU), else None (robust range).
+        default_window: (window, level) for "window", in the modality's units (CT: HU), else None
+            (PET/SPECT: ``intensity.default_window_level``).
         dicom_modalities: DICOM Modality (0008,0060) codes of the second image.
         name_patterns: regular expressions on a lower-case volume name that identify the second image.
         salient_threshold: the keep-salient rule's source grey level (0-255) above which the fused value is lifted

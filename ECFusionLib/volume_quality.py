@@ -39,11 +39,20 @@ def _ras(x, y, z):
 
 
 # Eight places in MNI space (cortex of four lobes, thalamus, temporal and cerebellar grey matter, frontal white
-# matter, the vertex), radius 3-10 mm, 1.3-3x their surroundings: the faintest (1.3x) at each size.
-DEFAULT_LESIONS = tuple(Lesion(_ras(*c), r, f) for c, (r, f) in zip(
-    [(-30, 40, 30), (35, -55, 45), (-20, -85, 10), (12, -18, 6), (-50, -20, -10), (25, -65, -35), (25, 20, 25),
-     (5, -30, 60)],
-    [(3, 1.3), (3, 3.0), (5, 2.0), (5, 1.3), (7, 1.5), (8, 3.0), (10, 1.3), (10, 2.0)]))
+# matter, the vertex) and eight lesions, radius 3-10 mm, 1.3-3x their surroundings: the faintest (1.3x) at each size.
+LESION_PLACES = ((-30, 40, 30), (35, -55, 45), (-20, -85, 10), (12, -18, 6), (-50, -20, -10), (25, -65, -35),
+                 (25, 20, 25), (5, -30, 60))
+LESION_SIZES = ((3, 1.3), (3, 3.0), (5, 2.0), (5, 1.3), (7, 1.5), (8, 3.0), (10, 1.3), (10, 2.0))  # (radius mm, factor)
+
+
+def lesion_placement(shift: int = 0) -> tuple[Lesion, ...]:
+    """The eight lesions at ``LESION_PLACES``, place i getting size ``(i + shift) % 8``: shift 0 is
+    ``DEFAULT_LESIONS``; shift 4 (``SECOND_LESIONS``) puts, e.g., the 10 mm 1.3x lesion in the occipital cortex."""
+    return tuple(Lesion(_ras(*c), *LESION_SIZES[(i + shift) % len(LESION_SIZES)]) for i, c in enumerate(LESION_PLACES))
+
+
+DEFAULT_LESIONS = lesion_placement(0)
+SECOND_LESIONS = lesion_placement(4)
 
 
 def _distance(image: sitk.Image, centre, reach: float) -> np.ndarray:

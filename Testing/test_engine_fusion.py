@@ -91,7 +91,7 @@ def test_pet_fusion_keeps_colour_and_grid(phantom, seeded_model):
     from ECFusionLib.fusion import default_window_level
     from ECFusionLib.intensity import map_functional
 
-    window, level = default_window_level(array(pet), None, None)  # from the PET as acquired
+    window, level = default_window_level(array(pet), None, None, "PET-Heat")  # from the PET as acquired
     rgb, _, _ = map_functional(array(resample_onto(pet, mri)), "PET", "PET-Heat", window, level)
     cbcr_out = rgb_to_ycbcr(array(out))[..., 1:]
     cbcr_pet = rgb_to_ycbcr(rgb)[..., 1:]

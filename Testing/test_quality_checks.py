@@ -142,7 +142,7 @@ def hot_phantom():
     size, spacing = (60, 72, 60), 3.0
     ph = make_phantom(size=size, seed=3, spacing=spacing)
     lesion = sitk.GetArrayFromImage(label_volume(size, spacing, 3)) == LESION
-    window, level = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None)
+    window, level = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None, "PET-Heat")
     rgb, _, _ = map_functional(sitk.GetArrayFromImage(resample_onto(ph["PET"], ph["MRI"])), "PET", None, window, level)
     return ph, lesion, rgb
 
@@ -150,12 +150,12 @@ def hot_phantom():
 @pytest.mark.slow
 @pytest.mark.parametrize("weights", ["bundled", "seeded"])
 def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file):
-    """PET-Heat at default settings: with the rule on (default) the lesion's fused colour reads back through the colour
-    map as at least as hot as the PET's (white/pale yellow) over most of it, whatever the network does (without the
-    rule: none of it); the rule only brightens. Since issue 18 the rule is relative (focal uptake above its local
-    background): this phantom's lesion, blurred by the PET's resolution, is only ~1.5x the grey matter around it, so
-    its core is lifted and its rim left to the network (measured: 0.66 bundled, 0.76 seeded; the fixed-level rule
-    kept 0.95 here but lifted 55 % of a real head)."""
+    """PET-Heat at default settings: the lesion's fused colour reads back through the colour map as at least as hot
+    as the PET's (white/pale yellow) over nearly all of it, and the rule (on by default) only adds to that and only
+    brightens. History: with the window's top at the PET's 99.99th percentile the network alone kept none of it
+    and the relative rule (issue 18) 0.66; since the default window puts the normal tissue at PET-Heat's
+    luminance knee (``intensity.default_window_level``), the lesion lies above it and is kept (measured: bundled
+    1.00 with the rule, 0.88 without; seeded random weights 0.82 / 0.00)."""
     from ECFusionLib.fusion import FusionSettings, fuse_images
 
     ph, lesion, pet_rgb = hot_phantom
@@ -166,7 +166,8 @@ def test_hot_lesion_keeps_a_hot_colour_in_3d(hot_phantom, weights, weights_file)
     off = sitk.GetArrayFromImage(
         fuse_images(ph["MRI"], ph["PET"], FusionSettings(task="PET-MRI", weights=w, keep_salient=False)).image)
     kept_on, kept_off = M.hot_colour_kept(on, pet_rgb, table, lesion), M.hot_colour_kept(off, pet_rgb, table, lesion)
-    assert kept_on >= 0.6 and kept_on >= kept_off + 0.5
+    floor = 0.95 if weights == "bundled" else 0.6  # any network (seeded random weights): the rule alone, 0.82
+    assert kept_on >= floor and kept_on >= kept_off, (kept_on, kept_off)
     assert M.hot_spots_kept(luminance(pet_rgb), luminance(on)) >= M.hot_spots_kept(luminance(pet_rgb), luminance(off))
     assert np.all(luminance(on) >= luminance(off) - 1.0)
 

@@ -164,7 +164,7 @@ def head_pair(size_xyz=(181, 217, 181), spacing=1.0):
     ph = make_phantom(size=size_xyz, seed=0, spacing=spacing)
     mri, _ = map_mri(sitk.GetArrayFromImage(ph["MRI"]))
     pet_arr = sitk.GetArrayFromImage(resample_onto(ph["PET"], ph["MRI"]))
-    w, l = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None)
+    w, l = default_window_level(sitk.GetArrayViewFromImage(ph["PET"]), None, None, "PET-Heat")
     _, pet_y, _ = map_functional(pet_arr, "PET", None, w, l)
     return pet_y, mri
 

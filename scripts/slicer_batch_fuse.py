@@ -122,7 +122,8 @@ def run(args) -> int:
         from ECFusionLib.fusion import default_window_level
 
         color_id = colour_node_id(scene, args.colormap, spec)
-        window, level = default_window_level(mv.array_from_volume(functional), window, level)
+        table = mv.colour_table(scene.GetNodeByID(color_id))
+        window, level = default_window_level(mv.array_from_volume(functional), window, level, table)
     last = [-1]
 
     def progress(done, total):

@@ -322,7 +322,7 @@ class ECFusionSlicerLogic:
         if display is not None:
             window = display.GetWindow() if window is None else window
             level = display.GetLevel() if level is None else level
-        window, level = default_window_level(mv.array_from_volume(functionalNode), window, level)
+        window, level = default_window_level(mv.array_from_volume(functionalNode), window, level, table)
         rgb = apply_colormap(values, table, float(window), float(level))
         return rgb, {"colorNode": name, "window": float(window), "level": float(level)}
 
