@@ -97,8 +97,9 @@ def aanlib_dir(task: str = "CT-MRI") -> tuple[Path | None, str]:
     for folder in candidates:
         if (folder / task / "MRI").is_dir():
             return folder, ""
+    second = task.split("-")[0]  # the second modality's folder: CT, PET or SPECT
     return None, (f"AANLIB {task} pairs not found (../shared/data/aanlib): set ECFUSION_AANLIB_DIR to a folder "
-                  f"holding {task}/<CT|PET|SPECT>/ and {task}/MRI/")
+                  f"holding {task}/{second}/ and {task}/MRI/")
 
 
 if __name__ == "__main__":  # fetch for CI; never fails the build
