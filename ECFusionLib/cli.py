@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--names", nargs="*", help="only these file stems (e.g. a validation split)")
     e.add_argument("--baselines", action="store_true", help="also score pixel-max and pixel-average fusion")
     e.add_argument("--checks", action="store_true",
-                   help="also print the image checks: bone_kept (CT-MRI: fused/CT where CT >= 200 and MRI < 100) and "
-                        "hot_kept (PET/SPECT-MRI: fused Y / functional Y over its brightest 1 %%); target >= 0.95")
+                   help="also bone_kept (CT-MRI) or hot_kept (PET/SPECT), target >= 0.95, and anatomy, anat_bright: "
+                        "the MRI's structure kept outside bone; pixel-average is the 50/50 blend (evaluation.py)")
     e.add_argument("--csv", help="write the per-image metrics to this CSV file")
 
     add_batch_parser(sub)

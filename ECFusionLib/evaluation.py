@@ -3,6 +3,10 @@ check (bone kept / hot spots kept) and the selection score training chooses its 
 
 Arrays are N x H x W (or H x W) on the 0-255 scale: A the second image's grey (CT, or the Y of PET/SPECT), B the
 MRI, F the fused grey (Y). Needs scipy and scikit-image (the ``metrics`` extra), no torch.
+
+Against what a viewer shows without fusion (issue 18): ``anatomy_vs_blend_pairs`` gives anatomy kept (``metrics.
+anatomy_kept``: the MRI's local structure in F) and the image check for the fused images and a 50/50 blend of the
+same displayed images (``metrics.blend_y``, which for 2D pairs is the pixel average of A and B).
 """
 from __future__ import annotations
 
@@ -51,6 +55,39 @@ def image_check(task: str, a255: np.ndarray, b255: np.ndarray, f255: np.ndarray)
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def anatomy_region(task: str, a255: np.ndarray, b255: np.ndarray) -> np.ndarray:
+    """Where anatomy kept is measured (boolean, shape of the MRI ``b255``): ``metrics.anatomy_head`` -- the head,
+    and for a CT task (image check ``bone_kept``) outside the CT's ``bone_zone``, where the fused image should
+    show the CT (``bone_kept`` measures that)."""
+    return M.anatomy_head(b255, a255 if check_name(task) == "bone_kept" else None)
+
+
+def anatomy_value(task: str, a255: np.ndarray, b255: np.ndarray, f255: np.ndarray) -> dict[str, float]:
+    """``metrics.anatomy_kept`` of one fused image (H x W) in ``anatomy_region``: {"head", "bright"} (NaN where
+    the region has no MRI structure). The same of the blend ``metrics.blend_y(b255, a255)`` is the blend's value."""
+    return M.anatomy_kept(b255, f255, a255, head=anatomy_region(task, a255, b255))
+
+
+def anatomy_vs_blend_pairs(task: str, a255: np.ndarray, b255: np.ndarray, f255: np.ndarray) -> dict:
+    """Anatomy kept and the image check over N 2D pairs of one task, fused against the 50/50 blend.
+
+    Args: N x H x W arrays, 0-255: ``a255`` the CT (or the functional Y), ``b255`` the MRI, ``f255`` the fused Y.
+    Returns: ``head`` / ``bright``: mean over images of ``anatomy_value`` (the MRI's structure kept, 0-1; for CT
+    outside the bone), ``blend_head`` / ``blend_bright`` the same for ``metrics.blend_y``, ``ratio_head`` /
+    ``ratio_bright`` fused / blend (>= 1: the fusion shows the MRI's anatomy at least as well as a blend);
+    ``check`` the image check's name, ``check_fused`` / ``check_blend`` its mean (``image_check``). NaN ignored.
+    """
+    blend = [M.blend_y(b, a) for a, b in zip(a255, b255)]
+    fused = [anatomy_value(task, a, b, f) for a, b, f in zip(a255, b255, f255)]
+    mixed = [anatomy_value(task, a, b, x) for a, b, x in zip(a255, b255, blend)]
+    out = {"check": check_name(task), "check_fused": image_check(task, a255, b255, f255),
+           "check_blend": image_check(task, a255, b255, np.asarray(blend))}
+    for key in ("head", "bright"):
+        out[key], out["blend_" + key] = nanmean([r[key] for r in fused]), nanmean([r[key] for r in mixed])
+        out["ratio_" + key] = out[key] / out["blend_" + key]
+    return out
+
+
 def selection_score(model_metrics: dict, ref: dict, names, check: float | None = None) -> float:
     """Number of metrics beating the reference (pixel-max), + 1 when ``check`` (the image check) is given and
     >= 0.95 (as ``scripts/cross_validate.py`` chooses), tie-broken by mean relative margin."""
@@ -63,11 +100,22 @@ def selection_score(model_metrics: dict, ref: dict, names, check: float | None =
 
 # ------------------------------------------------------------------ fused PNG folders (`ecfusion evaluate`)
 CHECKS = ("bone_kept", "hot_kept")
+ANATOMY = ("anatomy", "anat_bright")  # anatomy_value's head / bright
 
 
 def column_names(checks: bool = False) -> list[str]:
-    """The per-image score columns ``evaluate_pairs`` gives: the metrics, 'bg', and with ``checks`` the image checks."""
-    return [*M.METRICS, "bg", *(CHECKS if checks else ())]
+    """The per-image score columns ``evaluate_pairs`` gives: the metrics, 'bg', and with ``checks`` the image checks
+    and anatomy kept (``anatomy_value``)."""
+    return [*M.METRICS, "bg", *(CHECKS + ANATOMY if checks else ())]
+
+
+def _check_columns(task: str, a255, b255, f255) -> dict[str, float]:
+    """The ``checks`` columns of one image: its task's image check (the other NaN) and ``anatomy_value``."""
+    out = {c: float("nan") for c in CHECKS}
+    out[check_name(task)] = check_value(task, a255, b255, f255)
+    anatomy = anatomy_value(task, a255, b255, f255)
+    out.update(zip(ANATOMY, (anatomy["head"], anatomy["bright"])))
+    return out
 
 
 def evaluate_pairs(input_dir, fused_dir, tasks=None, names=None, baselines: bool = False,
@@ -78,7 +126,8 @@ def evaluate_pairs(input_dir, fused_dir, tasks=None, names=None, baselines: bool
         input_dir, fused_dir: the two roots.
         tasks: only these tasks (default: every task folder present); names: only these file stems.
         baselines: also score pixel-max and pixel-average fusion of the sources.
-        checks: also the image checks (``bone_kept`` for a CT task, ``hot_kept`` otherwise; NaN where not applicable).
+        checks: also the image checks (``bone_kept`` for a CT task, ``hot_kept`` otherwise; NaN where not applicable)
+            and anatomy kept (``anatomy_value``); the pixel-average baseline is the 50/50 blend.
     Returns:
         One row per image and method: {"task", "name", "method", <column_names(checks)>: value}.
     """
@@ -104,8 +153,7 @@ def evaluate_pairs(input_dir, fused_dir, tasks=None, names=None, baselines: bool
         for method, img in candidates.items():
             m = M.all_metrics(np.rint(a), b, np.rint(img))
             if checks:
-                m.update({c: float("nan") for c in CHECKS})
-                m[check_name(pair.task)] = check_value(pair.task, np.rint(a), b, np.rint(img))
+                m.update(_check_columns(pair.task, np.rint(a), b, np.rint(img)))
             m["bg"] = background_level(a, b, img)
             rows.append({"task": pair.task, "name": pair.name, "method": method, **m})
     return rows
@@ -113,11 +161,13 @@ def evaluate_pairs(input_dir, fused_dir, tasks=None, names=None, baselines: bool
 
 def summary_table(rows: list[dict], names: list[str]) -> str:
     """A plain-text table: per task and method, the mean of each column over its images (NaN ignored)."""
-    lines = [f"{'task':10s} {'method':14s} " + " ".join(f"{n:>8s}" for n in names)]
+    width = {n: max(8, len(n)) for n in names}
+    lines = [f"{'task':10s} {'method':14s} " + " ".join(f"{n:>{width[n]}s}" for n in names)]
     for task in sorted({r["task"] for r in rows}):
         for method in dict.fromkeys(r["method"] for r in rows):
             sel = [r for r in rows if r["task"] == task and r["method"] == method]
-            lines.append(f"{task:10s} {method:14s} " + " ".join(f"{nanmean([r[n] for r in sel]):8.4f}" for n in names))
+            means = (f"{nanmean([r[n] for r in sel]):{width[n]}.4f}" for n in names)
+            lines.append(f"{task:10s} {method:14s} " + " ".join(means))
     return "\n".join(lines)
 
 

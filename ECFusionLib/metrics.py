@@ -366,6 +366,7 @@ CS_WINDOW = 7  # in-plane window (pixels) of the structure measure
 CS_C2 = (0.03 * 255.0) ** 2  # SSIM's C2 on the 0-255 scale
 STRUCTURE_SD = 4.0  # MRI local standard deviation (grey levels, 7x7 in-plane) above which the MRI "has structure"
 BRIGHT_QUANTILE = 0.75  # "where the second image is bright": its displayed Y above this quantile of the head's
+HEAD_LEVEL = 4.0  # MRI grey level (0-255) above which a voxel is head, not air
 
 
 def _in_plane_box(ndim: int, axis: int, size: int):
@@ -402,18 +403,25 @@ def bone_zone(ct, axis: int = 0, level: float = BONE_CT_LEVEL, size: int = CS_WI
     return ndimage.maximum_filter(_f64(ct) >= level, size=shape)
 
 
+def anatomy_head(mri, ct=None, axis: int = 0) -> np.ndarray:
+    """Where ``anatomy_kept`` looks: the head (MRI > ``HEAD_LEVEL``, 0-255), and for CT-MRI (``ct``: the CT after
+    its window, 0-255, same shape) outside ``bone_zone``, where the fused image is meant to show the CT."""
+    head = _f64(mri) > HEAD_LEVEL
+    return head if ct is None else head & ~bone_zone(ct, axis)
+
+
 def anatomy_kept(mri, fused_y, second_y, axis: int = 0, head=None) -> dict[str, float]:
     """"Anatomy kept": mean SSIM contrast-structure (``structure_map``) between the fused luminance and the MRI.
 
     ``mri``: the MRI as the network saw it (0-255); ``fused_y``: the fused image's Y (0-255); ``second_y``: Y of
     the second image as displayed (colour map + window, or CT window; 0-255); one shape, 2D or 3D, slices across
-    ``axis``. Averaged over the head voxels (``head``, default MRI > 4) where the MRI has structure (its local SD
-    > ``STRUCTURE_SD``): "head"; and over those where ``second_y`` is at or above its ``BRIGHT_QUANTILE`` in the
-    head: "bright". Compare with ``blend_y`` of the same inputs (``anatomy_vs_blend``).
+    ``axis``. Averaged over the head voxels (``head``, default ``anatomy_head``: MRI > 4) where the MRI has
+    structure (its local SD > ``STRUCTURE_SD``): "head"; and over those where ``second_y`` is at or above its
+    ``BRIGHT_QUANTILE`` in the head: "bright". Compare with ``blend_y`` of the same inputs (``anatomy_vs_blend``).
     """
     mri = _f64(mri)
     cs, sd_mri = structure_map(mri, fused_y, axis)
-    head = mri > 4 if head is None else np.asarray(head, bool)
+    head = anatomy_head(mri) if head is None else np.asarray(head, bool)
     mask = head & (sd_mri > STRUCTURE_SD)
     sec = _f64(second_y)
     bright = mask & (sec >= np.quantile(sec[head], BRIGHT_QUANTILE)) if head.any() else mask

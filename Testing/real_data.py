@@ -7,6 +7,8 @@
   ``python Testing/real_data.py`` does the fetch (``.ci/run`` calls it before the tests).
 - The real H2-15O PET and HMPAO SPECT averages (SPM12, 2 mm MNI): the folder in ``$ECFUSION_REAL3D_DIR``, else
   ``shared/data/real3d`` beside the repository or one of its parents (``../shared/data/real3d``).
+- The AANLIB 2D pairs (Harvard Whole Brain Atlas: registered 256 x 256 CT/PET/SPECT-MRI slices, real scans): the
+  folder in ``$ECFUSION_AANLIB_DIR``, else ``shared/data/aanlib`` beside the repository or one of its parents.
 Nothing is ever written inside the repository.
 """
 from __future__ import annotations
@@ -86,6 +88,18 @@ def real3d_dir() -> tuple[Path | None, str]:
             return folder, ""
     return None, ("real PET/SPECT volumes not found: set ECFUSION_REAL3D_DIR to a folder holding "
                   + ", ".join(REAL3D))
+
+
+def aanlib_dir(task: str = "CT-MRI") -> tuple[Path | None, str]:
+    """(root of the AANLIB pairs holding ``task``'s folder, "") or (None, why not)."""
+    given = os.environ.get("ECFUSION_AANLIB_DIR")
+    candidates = [Path(given)] if given else [p / "shared" / "data" / "aanlib" for p in ROOT.parents]
+    for folder in candidates:
+        if (folder / task / "MRI").is_dir():
+            return folder, ""
+    second = task.split("-")[0]  # the second modality's folder: CT, PET or SPECT
+    return None, (f"AANLIB {task} pairs not found (../shared/data/aanlib): set ECFUSION_AANLIB_DIR to a folder "
+                  f"holding {task}/{second}/ and {task}/MRI/")
 
 
 if __name__ == "__main__":  # fetch for CI; never fails the build

@@ -197,6 +197,27 @@ def test_evaluate_prints_the_image_checks(tmp_path, capsys):
     assert "hot_kept" in header
 
 
+def test_anatomy_vs_blend_pairs_of_a_known_fusion():
+    """Two 2D CT-MRI pairs (textured MRI, a bone band: bright CT, dark MRI) and a fusion that shows the MRI outside
+    the bone and the CT in it: all the anatomy (1.0) and all the bone kept; the 50/50 blend keeps less of both.
+    Anatomy is measured outside the bone zone (the band grown by the 7-pixel window), the blend is the pixel average."""
+    from ECFusionLib.evaluation import anatomy_region, anatomy_vs_blend_pairs
+
+    rng = np.random.default_rng(0)
+    mri = 100.0 + 40.0 * rng.random((2, 48, 48))
+    ct = np.full_like(mri, 60.0)
+    mri[:, :, :6], ct[:, :, :6] = 10.0, 250.0
+    fused = np.where(ct >= 200, ct, mri)
+    region = anatomy_region("CT-MRI", ct[0], mri[0])
+    assert not region[:, :9].any() and region[:, 9:].all()
+    r = anatomy_vs_blend_pairs("CT-MRI", ct, mri, fused)
+    assert r["check"] == "bone_kept" and r["check_fused"] == pytest.approx(1.0)
+    assert r["check_blend"] == pytest.approx((10 + 250) / 2 / 250)
+    assert r["head"] == pytest.approx(1.0) and r["blend_head"] < 0.95 and r["ratio_head"] > 1.05
+    assert anatomy_region("PET-MRI", ct[0], mri[0]).all()  # PET/SPECT: the whole head
+    assert anatomy_vs_blend_pairs("PET-MRI", ct, mri, fused)["check"] == "hot_kept"
+
+
 @pytest.mark.slow
 def test_ct_bone_is_kept_brighter_with_the_rule(hot_phantom):
     """CT-MRI on the phantom (bundled weights): the rule (default on) only brightens, and keeps more of the bone."""
