@@ -34,6 +34,27 @@ def test_functional_colormap_records_settings():
     assert y[0, 0] == 0 and y[-1, -1] == 255
 
 
+def test_default_functional_window_puts_normal_tissue_at_the_knee_and_ignores_a_small_lesion():
+    """The default PET/SPECT window: from the 0.5th percentile, the tissue's 99th percentile at the colour map's
+    luminance knee (PET-Heat: 0.33 of the map; grey: 0.8). A small hot lesion (0.05 % of the voxels, 3x) does not
+    move it (the old 99.99th percentile top did: a lesion dimmed the whole brain), and the lesion lies above the
+    knee, in the map's top colours."""
+    from ECFusionLib.intensity import default_window_level, luminance_knee
+
+    assert luminance_knee("PET-Heat") == pytest.approx(84 / 255)
+    assert luminance_knee(None) == pytest.approx(0.8, abs=0.005)
+    rng = np.random.default_rng(1)
+    tissue = rng.uniform(1.0, 2.0, (40, 50, 50)).astype(np.float32)
+    window, level = default_window_level(tissue, table="PET-Heat")
+    top = np.percentile(tissue, 99)
+    assert (level - window / 2) == pytest.approx(np.percentile(tissue, 0.5), rel=1e-3)
+    assert (top - (level - window / 2)) / window == pytest.approx(luminance_knee("PET-Heat"), rel=1e-3)
+    lesioned = tissue.copy()
+    lesioned[:1, :5, :10] = 6.0  # 50 voxels of 100,000
+    assert default_window_level(lesioned, table="PET-Heat") == pytest.approx((window, level), rel=2e-3)
+    assert default_window_level(tissue, 3.0, 2.0, "PET-Heat") == (3.0, 2.0)  # given values win
+
+
 def _img(arr, spacing=(1, 1, 1), origin=(0, 0, 0), direction=None):
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(spacing)
