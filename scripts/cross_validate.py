@@ -166,10 +166,11 @@ def pair_spacing(pair) -> tuple[float, ...]:
     return tuple(reader.GetSpacing()[::-1])
 
 
-def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
-    """Fuse every pair of ``task`` into cache/fused/<task>/ with `ecfusion fuse` (rule off); returns seconds."""
+def fuse_task(data: Path, task: str, cache: Path, weights: str | None, fuse_options=()) -> float:
+    """Fuse every pair of ``task`` into cache/fused/<task>/ with `ecfusion fuse` (rule off; ``fuse_options``
+    added, e.g. ``--precision bf16``); returns seconds."""
     cmd = [sys.executable, "-m", "ECFusionLib.cli", "fuse", "--input-dir", str(data), "--task", task,
-           "--output", str(cache / "fused"), "--no-keep-salient", "--quiet"]
+           "--output", str(cache / "fused"), "--no-keep-salient", "--quiet", *fuse_options]
     if weights:
         cmd += ["--weights", weights]
     t0 = time.time()
@@ -177,7 +178,8 @@ def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
     return time.time() - t0
 
 
-def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, names) -> tuple[list[dict], dict]:
+def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, names,
+               fuse_options=()) -> tuple[list[dict], dict]:
     """Per-image rows for every method in ``names``; cached in cache/scores_<task>.csv (only missing ones computed)."""
     from ECFusionLib.pairs import find_pairs
 
@@ -185,7 +187,7 @@ def score_task(data: Path, task: str, cache: Path, weights: str | None, workers:
     fused_dir = cache / "fused" / task
     timing = json.loads((cache / "timing.json").read_text()) if (cache / "timing.json").is_file() else {}
     if not all((fused_dir / f"{p.name}.png").is_file() for p in pairs):
-        secs = fuse_task(data, task, cache, weights)
+        secs = fuse_task(data, task, cache, weights, fuse_options)
         timing[task] = {"fuse_s": round(secs, 1), "images": len(pairs), "s_per_image": round(secs / len(pairs), 3)}
         (cache / "timing.json").write_text(json.dumps(timing, indent=1))
     scores = cache / f"scores_{task}.csv"
@@ -328,6 +330,9 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", nargs="*", type=float, default=list(THRESHOLDS), help="keep-salient thresholds to try")
     p.add_argument("--dark", nargs="*", type=float, default=list(DARK),
                    help="CT-MRI: MRI levels of the rule's dark-MRI condition to try (besides none)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="passed to ecfusion fuse (issue 14's run: bf16 through torch; use a fresh --cache)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), help="passed to ecfusion fuse")
     p.add_argument("--show", nargs="*", default=[], help="more scored methods to list in the table, e.g. salient@128/dark45")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (1 thread each)")
     p.add_argument("--json", help="write the fold results here")
@@ -338,7 +343,8 @@ def main(argv=None) -> int:
     results = {}
     for task in args.tasks:
         names = method_names(task, args.thresholds, args.dark)
-        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, names)
+        fuse_options = [f"--{k}={getattr(args, k)}" for k in ("precision", "backend") if getattr(args, k)]
+        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, names, fuse_options)
         cv = cross_validate(rows, folds[task], names)
         results[task] = cv
         print(report(task, cv, timing, folds[task], table_rows(task, names, args.show)), "\n", flush=True)
