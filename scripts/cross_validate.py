@@ -5,6 +5,13 @@ and pixel-average; and the keep-salient rule's parameters chosen by cross-valida
 on the held-out fold).
 
     python scripts/cross_validate.py --data ../shared/data/aanlib --cache /tmp/ecf-cv [--weights W.pt] [--workers 2]
+        [--show salient@128/dark45 ...]
+
+Rule variants: ``salient@T`` / ``salient@T/darkD`` (fixed source level T, for CT-MRI with the MRI below D), and
+for PET/SPECT-MRI ``focal`` (the shipped relative rule, ``salient.focal_weight``, computed as ``ecfusion fuse``
+computes it for 2D 8-bit pairs: from the functional's 8-bit Y on the pair's own grid, PNG spacing). The table
+lists the network alone, the old default rule (until issue 18: ``OLD_RULE``), the shipped rule (``tasks``), the
+CV-chosen one, the ``--show`` variants, pixel-max and pixel-average.
 
 Folds: ``ECFusionLib/weights/cv_folds.json`` (fixed; fold 0 = the cases the bundled weights were selected on and
 never trained on; the bundled weights were trained on every other fold, so their numbers there are optimistic).
@@ -37,7 +44,10 @@ from ECFusionLib.tasks import TASK_NAMES  # noqa: E402
 FOLDS_FILE = ROOT / "ECFusionLib" / "weights" / "cv_folds.json"
 SIX = ("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")
 THRESHOLDS = (128.0, 160.0, 192.0)
-DARK = (10.0, 20.0, 30.0, 50.0)  # CT-MRI only: the rule's MRI condition (salient.py)
+DARK = (10.0, 20.0, 30.0, 45.0, 50.0, 60.0)  # CT-MRI only: the rule's MRI condition (salient.py)
+FOCAL = "focal"  # the relative PET/SPECT rule (salient.focal_weight), shipped since issue 18
+# The fixed-level defaults until issue 18 (issue 14's model card): (threshold, dark) per task.
+OLD_RULE = {"CT-MRI": (128.0, 30.0), "PET-MRI": (208.0, None), "SPECT-MRI": (128.0, None)}
 BASE = ("ecfusion", "pixel-max", "pixel-average")
 CHECK_TARGET = 0.95
 
@@ -59,6 +69,27 @@ def variant_name(threshold: float, dark: float | None) -> str:
     return f"salient@{threshold:g}" + ("" if dark is None else f"/dark{dark:g}")
 
 
+def shipped_rule(task: str) -> str:
+    """The method name of ``task``'s shipped keep-salient rule (``tasks.TaskSpec``): ``focal``, a
+    ``variant_name`` or ``ecfusion`` (no rule)."""
+    from ECFusionLib.tasks import task_spec
+
+    spec = task_spec(task)
+    if spec.salient_focal:
+        return FOCAL
+    return "ecfusion" if spec.salient_threshold is None else variant_name(spec.salient_threshold, spec.salient_dark)
+
+
+def method_names(task: str, thresholds, dark) -> list[str]:
+    """Every method scored for ``task``: the base ones, the fixed-level variants tried, the old default and the
+    shipped rule (each once)."""
+    names = [*BASE, *(variant_name(t, d) for t, d in variants(task, thresholds, dark))]
+    if task in OLD_RULE:
+        names.append(variant_name(*OLD_RULE[task]))
+    names.append(shipped_rule(task))
+    return list(dict.fromkeys(names))
+
+
 def variants(task: str, thresholds, dark) -> list[tuple[float, float | None]]:
     """(threshold, dark) pairs tried for ``task``: the MRI condition only where the task has one (CT-MRI)."""
     from ECFusionLib.tasks import task_spec
@@ -67,9 +98,12 @@ def variants(task: str, thresholds, dark) -> list[tuple[float, float | None]]:
     return [(t, d) for t in thresholds for d in ([None, *dark] if has_dark else [None])]
 
 
-def apply_variant(method: str, f, a, b):
-    """The fused Y of ``method`` (a base method or a ``variant_name``) from the network's f and sources a, b."""
+def apply_variant(method: str, f, a, b, task: str | None = None, spacing=None):
+    """The fused Y of ``method`` (a base method, ``focal`` or a ``variant_name``) from the network's f (H x W,
+    0-255) and sources a (CT / functional Y, 8-bit grey levels), b (MRI). ``focal`` needs the PET/SPECT ``task``
+    and the pair's pixel ``spacing`` (mm, array order; default 1): ``fusion._focal_weights`` on a 2D 8-bit pair."""
     from ECFusionLib.salient import keep_salient
+    from ECFusionLib.tasks import task_spec
 
     if method == "ecfusion":
         return f
@@ -77,26 +111,38 @@ def apply_variant(method: str, f, a, b):
         return np.maximum(a, b)
     if method == "pixel-average":
         return (a + b) / 2
+    if method == FOCAL:
+        if task is None or not task_spec(task).salient_focal:
+            raise ValueError(f"the focal rule is for a PET/SPECT task, not {task}")
+        return keep_salient(f, a, task, anatomical=b, spacing=spacing)
     spec = method.split("@", 1)[1].split("/dark")
     return keep_salient(f, a, anatomical=b, threshold=float(spec[0]), dark=float(spec[1]) if len(spec) > 1 else None)
+
+
+def load_pair(pair, fused_png) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, f): the pair's CT / functional Y (8-bit grey levels, as ``ecfusion fuse`` maps it), its MRI and
+    the cached fused PNG's Y (rounded; the network's fused Y within 0.5), each H x W float 0-255."""
+    import SimpleITK as sitk
+
+    from ECFusionLib.colour import luminance
+    from ECFusionLib.pairs import read_pair
+
+    a, b, _ = read_pair(pair)
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(fused_png)))
+    f = np.rint(luminance(fused) if fused.ndim == 3 else fused.astype(np.float32))
+    return np.rint(a), b, f
 
 
 def score_image(job) -> list[dict]:
     """The given methods on one pair: rows {name, case, method, six metrics, check}.
     ``job`` = (pair, fused_png, method names)."""
-    import SimpleITK as sitk
-
     from ECFusionLib import metrics as M
-    from ECFusionLib.colour import luminance
     from ECFusionLib.evaluation import check_value
-    from ECFusionLib.pairs import read_pair
 
     pair, fused_png, names = job
-    a, b, _ = read_pair(pair)
-    a = np.rint(a)
-    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(fused_png)))
-    f = np.rint(luminance(fused) if fused.ndim == 3 else fused.astype(np.float32))
-    methods = {m: apply_variant(m, f, a, b) for m in names}
+    a, b, f = load_pair(pair, fused_png)
+    spacing = pair_spacing(pair) if FOCAL in names else None
+    methods = {m: apply_variant(m, f, a, b, pair.task, spacing) for m in names}
     ca, cb = M.qcb_contrast(a), M.qcb_contrast(b)
     rows = []
     for method, img in methods.items():
@@ -109,10 +155,22 @@ def score_image(job) -> list[dict]:
     return rows
 
 
-def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
-    """Fuse every pair of ``task`` into cache/fused/<task>/ with `ecfusion fuse` (rule off); returns seconds."""
+def pair_spacing(pair) -> tuple[float, ...]:
+    """The pair's pixel spacing (mm, array axis order) as ``ecfusion fuse`` sees it: the MRI file's (the second
+    image is put on the MRI's grid pixel for pixel)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(pair.mri))
+    reader.ReadImageInformation()
+    return tuple(reader.GetSpacing()[::-1])
+
+
+def fuse_task(data: Path, task: str, cache: Path, weights: str | None, fuse_options=()) -> float:
+    """Fuse every pair of ``task`` into cache/fused/<task>/ with `ecfusion fuse` (rule off; ``fuse_options``
+    added, e.g. ``--precision bf16``); returns seconds."""
     cmd = [sys.executable, "-m", "ECFusionLib.cli", "fuse", "--input-dir", str(data), "--task", task,
-           "--output", str(cache / "fused"), "--no-keep-salient", "--quiet"]
+           "--output", str(cache / "fused"), "--no-keep-salient", "--quiet", *fuse_options]
     if weights:
         cmd += ["--weights", weights]
     t0 = time.time()
@@ -120,7 +178,8 @@ def fuse_task(data: Path, task: str, cache: Path, weights: str | None) -> float:
     return time.time() - t0
 
 
-def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, names) -> tuple[list[dict], dict]:
+def score_task(data: Path, task: str, cache: Path, weights: str | None, workers: int, names,
+               fuse_options=()) -> tuple[list[dict], dict]:
     """Per-image rows for every method in ``names``; cached in cache/scores_<task>.csv (only missing ones computed)."""
     from ECFusionLib.pairs import find_pairs
 
@@ -128,7 +187,7 @@ def score_task(data: Path, task: str, cache: Path, weights: str | None, workers:
     fused_dir = cache / "fused" / task
     timing = json.loads((cache / "timing.json").read_text()) if (cache / "timing.json").is_file() else {}
     if not all((fused_dir / f"{p.name}.png").is_file() for p in pairs):
-        secs = fuse_task(data, task, cache, weights)
+        secs = fuse_task(data, task, cache, weights, fuse_options)
         timing[task] = {"fuse_s": round(secs, 1), "images": len(pairs), "s_per_image": round(secs / len(pairs), 3)}
         (cache / "timing.json").write_text(json.dumps(timing, indent=1))
     scores = cache / f"scores_{task}.csv"
@@ -192,12 +251,12 @@ def choose(rows: list[dict], cases, candidates) -> str:
 
 def cross_validate(rows: list[dict], folds: list[list[str]], names) -> dict:
     """Per fold: each method's means, and the rule variant (or none) chosen on the other folds and scored here."""
-    candidates = ["ecfusion", *(m for m in names if m.startswith("salient@"))]
+    candidates = ["ecfusion", *(m for m in names if m.startswith("salient@") or m == FOCAL)]
     out = {"folds": [], "chosen": []}
     for k, held in enumerate(folds):
         train = [c for j, f in enumerate(folds) if j != k for c in f]
         pick = choose(rows, train, candidates)
-        per = {m: mean_over(rows, m, held) for m in ("ecfusion", "pixel-max", "pixel-average", *candidates[1:])}
+        per = {m: mean_over(rows, m, held) for m in dict.fromkeys((*BASE, *names))}
         per["ecfusion+rule (CV)"] = per[pick]
         out["folds"].append(per)
         out["chosen"].append(pick)
@@ -210,24 +269,40 @@ def fmt(vals) -> str:
     return f"{np.nanmean(vals):.3f} ± {np.nanstd(vals):.3f}" if np.abs(np.nanmean(vals)) < 100 else f"{np.nanmean(vals):.1f} ± {np.nanstd(vals):.1f}"
 
 
-def report(task: str, cv: dict, timing: dict, folds) -> str:
-    """Markdown: the fold-mean table (mean ± spread over folds) and the per-fold table."""
+def table_rows(task: str, names, show=()) -> dict[str, str]:
+    """{method: label} of the rows reported for ``task``, in order; a method listed twice (e.g. the old default
+    rule is the shipped one) gets one row with both labels. ``show``: extra scored methods to list."""
+    rows: dict[str, list[str]] = {"ecfusion": ["ECFusion (network alone)"]}
+    if task in OLD_RULE:
+        rows.setdefault(variant_name(*OLD_RULE[task]), []).append("old default until issue 18")
+    rows.setdefault(shipped_rule(task), []).append("shipped")
+    rows["ecfusion+rule (CV)"] = ["rule chosen by CV per fold"]
+    for m in show:
+        if m in names:
+            rows.setdefault(m, [])
+    rows["pixel-max"], rows["pixel-average"] = [], []
+    named = ("ecfusion", "ecfusion+rule (CV)")  # labelled by words alone; the others by method name (+ words)
+    return {m: labels[0] if m in named else f"{m} ({'; '.join(labels)})" if labels else m for m, labels in rows.items()}
+
+
+def report(task: str, cv: dict, timing: dict, folds, rows: dict[str, str]) -> str:
+    """Markdown: the fold-mean table (mean ± spread over folds) and the per-fold table, for the methods of ``rows``
+    ({method: label}, ``table_rows``)."""
     chk = check_name(task)
-    methods = ["ecfusion", "ecfusion+rule (CV)", "pixel-max", "pixel-average"]
-    lines = [f"### {task} ({len(folds)} folds; rule threshold chosen per fold: {', '.join(cv['chosen'])}; "
+    ref = {k: float(np.nanmean([f["pixel-max"][k] for f in cv["folds"]])) for k in SIX}
+    lines = [f"### {task} ({len(folds)} folds; rule chosen per fold: {', '.join(cv['chosen'])}; "
              f"on all folds: {cv['chosen_on_all']})", "",
              f"| method | {' | '.join(SIX)} | {chk} kept | beats pixel-max on (fold means) |",
              "|---|" + "---|" * (len(SIX) + 2)]
-    for m in methods:
+    for m, label in rows.items():
         per = [f[m] for f in cv["folds"]]
         avg = {k: float(np.nanmean([p[k] for p in per])) for k in (*SIX, "check")}
-        ref = {k: float(np.nanmean([f["pixel-max"][k] for f in cv["folds"]])) for k in SIX}
-        wins = n_better(avg, ref)[0] if m.startswith("ecfusion") else ""
-        lines.append(f"| {m} | " + " | ".join(fmt([p[k] for p in per]) for k in (*SIX, "check")) + f" | {wins} |")
-    lines += ["", f"Per fold (fold 0 = the bundled weights' own validation cases; the others were in their training):", "",
+        wins = "" if m == "pixel-max" else n_better(avg, ref)[0]
+        lines.append(f"| {label} | " + " | ".join(fmt([p[k] for p in per]) for k in (*SIX, "check")) + f" | {wins} |")
+    lines += ["", "Per fold (fold 0 = the bundled weights' own validation cases; the others were in their training):", "",
               f"| fold (cases) | method | {' | '.join(SIX)} | {chk} kept |", "|---|---|" + "---|" * (len(SIX) + 1)]
     for k, (f, cases) in enumerate(zip(cv["folds"], folds)):
-        for m in methods:
+        for m in rows:
             lines.append(f"| {k} ({' '.join(cases)}) | {m} | " + " | ".join(f"{f[m][x]:.4g}" for x in (*SIX, "check")) + " |")
     if timing:
         lines += ["", f"Fusing: {timing.get('images')} images in {timing.get('fuse_s')} s "
@@ -239,7 +314,7 @@ def threshold_table(task: str, rows: list[dict], names) -> str:
     """Mean over all images of the task, per rule threshold (for reading, not for choosing)."""
     lines = [f"| {task}: method (all images) | {' | '.join(SIX)} | check |", "|---|" + "---|" * (len(SIX) + 1)]
     cases = sorted({r["case"] for r in rows})
-    for m in ("ecfusion", *(m for m in names if m.startswith("salient@")), "pixel-max"):
+    for m in ("ecfusion", *(m for m in names if m.startswith("salient@") or m == FOCAL), "pixel-max"):
         mm = mean_over(rows, m, cases)
         lines.append(f"| {m} | " + " | ".join(f"{mm[k]:.4g}" for k in (*SIX, "check")) + " |")
     return "\n".join(lines)
@@ -255,6 +330,10 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", nargs="*", type=float, default=list(THRESHOLDS), help="keep-salient thresholds to try")
     p.add_argument("--dark", nargs="*", type=float, default=list(DARK),
                    help="CT-MRI: MRI levels of the rule's dark-MRI condition to try (besides none)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="passed to ecfusion fuse (issue 14's run: bf16 through torch; use a fresh --cache)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), help="passed to ecfusion fuse")
+    p.add_argument("--show", nargs="*", default=[], help="more scored methods to list in the table, e.g. salient@128/dark45")
     p.add_argument("--workers", type=int, default=1, help="scoring processes (1 thread each)")
     p.add_argument("--json", help="write the fold results here")
     args = p.parse_args(argv)
@@ -263,11 +342,12 @@ def main(argv=None) -> int:
     folds = load_folds(args.folds)
     results = {}
     for task in args.tasks:
-        names = [*BASE, *(variant_name(t, d) for t, d in variants(task, args.thresholds, args.dark))]
-        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, names)
+        names = method_names(task, args.thresholds, args.dark)
+        fuse_options = [f"--{k}={getattr(args, k)}" for k in ("precision", "backend") if getattr(args, k)]
+        rows, timing = score_task(Path(args.data), task, cache, args.weights, args.workers, names, fuse_options)
         cv = cross_validate(rows, folds[task], names)
         results[task] = cv
-        print(report(task, cv, timing, folds[task]), "\n", flush=True)
+        print(report(task, cv, timing, folds[task], table_rows(task, names, args.show)), "\n", flush=True)
         print(threshold_table(task, rows, names), "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
