@@ -46,8 +46,16 @@ SIX = ("MI", "Qabf", "VIF", "SSIM", "Qcb", "Qcv")
 THRESHOLDS = (128.0, 160.0, 192.0)
 DARK = (10.0, 20.0, 30.0, 45.0, 50.0, 60.0)  # CT-MRI only: the rule's MRI condition (salient.py)
 FOCAL = "focal"  # the relative PET/SPECT rule (salient.focal_weight), shipped since issue 18
-# The fixed-level defaults until issue 18 (issue 14's model card): (threshold, dark) per task.
-OLD_RULE = {"CT-MRI": (128.0, 30.0), "PET-MRI": (208.0, None), "SPECT-MRI": (128.0, None)}
+# The fixed-level defaults until issue 18 (issue 14's model card): (threshold, dark) per task, by its second
+# modality (task names live in tasks.py only).
+OLD_RULE = {"CT": (128.0, 30.0), "PET": (208.0, None), "SPECT": (128.0, None)}
+
+
+def old_rule(task: str):
+    """(threshold, dark) of ``task``'s fixed-level default until issue 18, or None."""
+    from ECFusionLib.tasks import second_modality
+
+    return OLD_RULE.get(second_modality(task))
 BASE = ("ecfusion", "pixel-max", "pixel-average")
 CHECK_TARGET = 0.95
 
@@ -84,8 +92,8 @@ def method_names(task: str, thresholds, dark) -> list[str]:
     """Every method scored for ``task``: the base ones, the fixed-level variants tried, the old default and the
     shipped rule (each once)."""
     names = [*BASE, *(variant_name(t, d) for t, d in variants(task, thresholds, dark))]
-    if task in OLD_RULE:
-        names.append(variant_name(*OLD_RULE[task]))
+    if old_rule(task):
+        names.append(variant_name(*old_rule(task)))
     names.append(shipped_rule(task))
     return list(dict.fromkeys(names))
 
@@ -273,8 +281,8 @@ def table_rows(task: str, names, show=()) -> dict[str, str]:
     """{method: label} of the rows reported for ``task``, in order; a method listed twice (e.g. the old default
     rule is the shipped one) gets one row with both labels. ``show``: extra scored methods to list."""
     rows: dict[str, list[str]] = {"ecfusion": ["ECFusion (network alone)"]}
-    if task in OLD_RULE:
-        rows.setdefault(variant_name(*OLD_RULE[task]), []).append("old default until issue 18")
+    if old_rule(task):
+        rows.setdefault(variant_name(*old_rule(task)), []).append("old default until issue 18")
     rows.setdefault(shipped_rule(task), []).append("shipped")
     rows["ecfusion+rule (CV)"] = ["rule chosen by CV per fold"]
     for m in show:
