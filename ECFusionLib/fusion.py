@@ -19,7 +19,7 @@ from .engine import CancelCheck, ProgressCallback, fuse_volume
 from .errors import ECFusionError
 from .geometry import check_overlap, same_grid, slice_axis
 from .input_checks import check_numbers
-from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, robust_range, second_mapper
+from .intensity import ANATOMICAL_MAPPERS, default_window_level, map_rgb, mri_range, second_mapper
 from .registration import alignment_check, transform_provenance
 from .salient import focal_ratio, keep_salient, ratio_weight
 from .slabs import coarse_grid, float_source, resample_region, slabs
@@ -111,7 +111,7 @@ def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: Fusi
     the task does not keep colour, second mapping, MRI mapping)."""
     modality = spec.second_modality
     anatomical_view = sitk.GetArrayViewFromImage(anatomical)
-    mri_range = None if settings.as_is else robust_range(anatomical_view)
+    value_range = None if settings.as_is else mri_range(anatomical_view)
     if second.GetNumberOfComponentsPerPixel() == 3:  # RGB second image: its luminance
         mapper = lambda part: map_rgb(part, modality)  # noqa: E731
     elif settings.as_is:  # 2D 8-bit pairs, as in training: grey levels used as they are
@@ -135,7 +135,7 @@ def _map_inputs(anatomical: sitk.Image, second: sitk.Image, spec, settings: Fusi
         if settings.as_is:
             mri_u8[idx], mri_map = anatomical_view[idx], {"modality": "MRI", "method": "as-is (8-bit)"}
         else:
-            mri_u8[idx], mri_map = map_anatomical(anatomical_view[idx], value_range=mri_range)
+            mri_u8[idx], mri_map = map_anatomical(anatomical_view[idx], value_range=value_range)
     return sec_u8, mri_u8, rgb, sec_map, mri_map
 
 

@@ -1,7 +1,9 @@
 """Intensity mapping of each modality to the network's 8-bit grey scale (0-255), i.e. [-1, 1] as x/127.5 - 1.
 
 - MRI: robust percentiles. low = the 0.5th percentile of all voxels (the background, usually 0),
-  high = the 99.5th percentile of the voxels above ``low``; [low, high] -> [0, 255], clipped.
+  high = the 99.5th percentile of the voxels above ``low``, raised to 2.2x the tissue's median where that is larger
+  (a skull-stripped brain, whose white matter would otherwise map near white: ``mri_range``); [low, high] ->
+  [0, 255], clipped.
 - CT: a Hounsfield window, default the CT task's (``tasks.WINDOW_DEFAULT``: level 40 HU / width 150 HU);
   configurable.
 - PET/SPECT scalar volumes: window/level (default: ``default_window_level``: from the 0.5th percentile, with the
@@ -20,6 +22,8 @@ from .tasks import WINDOW_DEFAULT
 
 DEFAULT_CT_WINDOW, DEFAULT_CT_LEVEL = WINDOW_DEFAULT  # HU
 MRI_PERCENTILES = (0.5, 99.5)
+MRI_MEDIAN_HEADROOM = 2.2  # top >= 2.2x the tissue median: tissue median at <= 0.45 of the range, as in the AANLIB
+# training MRIs (0.37-0.55); a whole head's scalp fat usually sets a higher top (Colin27: 2.3x, unchanged)
 FUNCTIONAL_PERCENTILES = (0.5, 99.0)  # background; the normal tissue's top (small hot spots do not move it)
 KNEE_FRACTION = 0.8  # a colour map's luminance knee: where its Y first reaches this fraction of its maximum
 
@@ -80,11 +84,25 @@ def window_to_uint8(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     return to_uint8((np.asarray(arr, dtype=np.float32) - low) * (255.0 / (high - low)))
 
 
+def mri_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, float]:
+    """(low, high) of an MRI's mapping: its ``robust_range``, with high raised to at least ``MRI_MEDIAN_HEADROOM``
+    x the tissue's median above low (tissue: voxels above low + 10 % of the range) when that is larger."""
+    low, high = robust_range(arr, percentiles)
+    if MRI_MEDIAN_HEADROOM:
+        sample = np.asarray(arr).ravel()
+        if sample.size > 4_000_000:
+            sample = sample[:: sample.size // 2_000_000]
+        tissue = sample[sample > low + 0.1 * (high - low)]
+        if tissue.size:
+            high = max(high, low + MRI_MEDIAN_HEADROOM * (float(np.median(tissue)) - low))
+    return low, high
+
+
 def map_mri(arr: np.ndarray, percentiles=MRI_PERCENTILES, value_range: tuple[float, float] | None = None
             ) -> tuple[np.ndarray, dict]:
-    """MRI -> uint8 over its ``robust_range``; ``value_range``: that range, computed before on the whole volume
+    """MRI -> uint8 over its ``mri_range``; ``value_range``: that range, computed before on the whole volume
     (``arr`` then being one slab of it)."""
-    low, high = robust_range(arr, percentiles) if value_range is None else value_range
+    low, high = mri_range(arr, percentiles) if value_range is None else value_range
     return window_to_uint8(arr, low, high), {"modality": "MRI", "method": "percentiles", "percentiles": list(percentiles),
                                              "low": low, "high": high}
 

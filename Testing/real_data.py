@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 T1_NAME = "ch2.nii.gz"
+BRAIN_NAME = "ch2bet.nii.gz"  # the same T1 skull-stripped (brain only), also in mricron-data
+T1_NAMES = (T1_NAME, BRAIN_NAME)
 TEMPLATES = Path("usr/share/mricron/templates")
 REAL3D = ("PET_H2O15_avg12.nii.gz", "SPECT_HMPAO_avg90.nii.gz")
 
@@ -30,8 +32,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ECFUSION_TEST_DATA", Path.home() / ".cache" / "ecfusion-test-data"))
 
 
-def _t1_in(folder: Path) -> Path | None:
-    for candidate in (folder / T1_NAME, folder / TEMPLATES / T1_NAME):
+def _t1_in(folder: Path, name: str = T1_NAME) -> Path | None:
+    for candidate in (folder / name, folder / TEMPLATES / name):
         if candidate.is_file():
             return candidate
     return None
@@ -58,25 +60,26 @@ def fetch_mricron(cache: Path) -> str | None:
         debs = sorted(work.glob("mricron-data_*.deb"))
         if not debs or not _run(["dpkg", "-x", str(debs[0]), str(work / "x")], work):
             return "`dpkg -x` of mricron-data failed"
-        unpacked = work / "x" / TEMPLATES / T1_NAME
-        if not unpacked.is_file():
-            return f"mricron-data has no {T1_NAME}"
-        shutil.copyfile(unpacked, cache / (T1_NAME + ".part"))
-        os.replace(cache / (T1_NAME + ".part"), cache / T1_NAME)  # never a half-written file in the cache
+        for name in T1_NAMES:
+            unpacked = work / "x" / TEMPLATES / name
+            if not unpacked.is_file():
+                return f"mricron-data has no {name}"
+            shutil.copyfile(unpacked, cache / (name + ".part"))
+            os.replace(cache / (name + ".part"), cache / name)  # never a half-written file in the cache
     return None
 
 
-def colin27_t1(fetch: bool = True) -> tuple[Path | None, str]:
-    """(path of ch2.nii.gz, "") or (None, why not)."""
+def colin27_t1(fetch: bool = True, name: str = T1_NAME) -> tuple[Path | None, str]:
+    """(path of ch2.nii.gz, or of ``name``: ``BRAIN_NAME`` for the skull-stripped one, "") or (None, why not)."""
     given = os.environ.get("ECFUSION_MRICRON_DIR")
     if given:
-        found = _t1_in(Path(given))
-        return (found, "") if found else (None, f"ECFUSION_MRICRON_DIR={given} holds no {T1_NAME}")
-    found = _t1_in(cache_dir())
+        found = _t1_in(Path(given), name)
+        return (found, "") if found else (None, f"ECFUSION_MRICRON_DIR={given} holds no {name}")
+    found = _t1_in(cache_dir(), name)
     if found or not fetch:
-        return found, "" if found else f"{T1_NAME} not in {cache_dir()}"
+        return found, "" if found else f"{name} not in {cache_dir()}"
     why = fetch_mricron(cache_dir())
-    return (cache_dir() / T1_NAME, "") if why is None else (None, f"single-subject T1 unavailable: {why}")
+    return (cache_dir() / name, "") if why is None else (None, f"single-subject T1 unavailable: {why}")
 
 
 def real3d_dir() -> tuple[Path | None, str]:
@@ -103,6 +106,7 @@ def aanlib_dir(task: str = "CT-MRI") -> tuple[Path | None, str]:
 
 
 if __name__ == "__main__":  # fetch for CI; never fails the build
-    path, why = colin27_t1()
-    print(f"real_data: {path}" if path else f"real_data: {why} (the tests that need it will be skipped)")
+    for t1_name in T1_NAMES:
+        path, why = colin27_t1(name=t1_name)
+        print(f"real_data: {path}" if path else f"real_data: {why} (the tests that need it will be skipped)")
     sys.exit(0)

@@ -22,8 +22,29 @@ def test_mri_percentiles_ignore_outliers():
     vol[:, 10:40, 10:40] = rng.normal(500, 20, (20, 30, 30))
     vol[0, 0, 0] = 1e6  # a single hot voxel must not squash the image
     u8, info = map_mri(vol)
-    assert info["low"] == 0.0 and 500 < info["high"] < 600
-    assert u8[5, 20, 20] > 150 and u8[5, 0, 5] == 0
+    assert info["low"] == 0.0 and 1050 < info["high"] < 1150  # all tissue: 2.2 x its median (below)
+    assert 100 < u8[5, 20, 20] < 135 and u8[5, 0, 5] == 0
+
+
+def test_mri_tissue_median_is_mapped_as_in_training_with_or_without_the_scalp():
+    """A skull-stripped brain (every voxel tissue) would map its white matter near white with the 99.5th
+    percentile as the top (ch2bet: tissue median at 196 of 255, where the AANLIB training MRIs have 92-139): the
+    PET colour then does not fit under the fused luminance and lesions were 0.36-1.0x as visible as in a blend.
+    The top is at least 2.2x the tissue median (``intensity.mri_range``); a whole head, whose scalp fat sets a
+    higher 99.5th percentile, maps as before."""
+    from ECFusionLib.intensity import MRI_MEDIAN_HEADROOM, mri_range, robust_range
+
+    rng = np.random.default_rng(2)
+    head = np.zeros((30, 60, 60), np.float32)
+    head[:, 5:55, 5:55] = 1300.0  # scalp fat, brighter than the brain
+    head[:, 10:50, 10:50] = rng.normal(500, 40, (30, 40, 40))  # the brain
+    brain = head.copy()
+    brain[head == 1300.0] = 0.0  # skull-stripped: the brain in a black background
+    assert mri_range(head) == robust_range(head)  # the scalp sets the top: unchanged
+    low, high = mri_range(brain)
+    assert high == pytest.approx(MRI_MEDIAN_HEADROOM * np.median(brain[brain > 0.1 * brain.max()]), rel=0.02)
+    assert high > 1.5 * robust_range(brain)[1]
+    assert np.median(map_mri(brain)[0][:, 10:50, 10:50]) < 128 and np.median(map_mri(head)[0][:, 10:50, 10:50]) < 128
 
 
 def test_functional_colormap_records_settings():

@@ -2,7 +2,8 @@
 
 Real data, found or fetched outside the repository by ``real_data.py`` (skipped, with the reason, where it cannot):
 the single-subject Colin27 T1 (1 mm, whole head, as the issue measures it) with the real H2-15O PET / HMPAO SPECT
-averages (2 mm, MNI). Three fusions of the 1 mm head per task (~1-2 min each on 2 cores): marked slow.
+averages (2 mm, MNI), and the same T1 skull-stripped (``ch2bet.nii.gz``, same package). Three fusions of the 1 mm
+head per task and T1 (~1-2 min each on 2 cores): marked slow.
 A cropped slab was used until the default window changed: cropping changes the MRI's intensity mapping (the slab
 z -12..40 mm lacks the scalp fat, so its white matter maps ~18 % brighter), which is a different image, not a
 cheaper copy of this one.
@@ -13,15 +14,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from real_data import colin27_t1, real3d_dir
+from real_data import BRAIN_NAME, T1_NAME, colin27_t1, real3d_dir
 
 from ECFusionLib.fusion import FusionSettings
 from ECFusionLib.volume_quality import DEFAULT_LESIONS, SECOND_LESIONS, evaluate_volumes, lesion_visibility
 
 
-@pytest.fixture(scope="module")
-def colin_head() -> sitk.Image:
-    path, why = colin27_t1()
+@pytest.fixture(scope="module", params=[T1_NAME, BRAIN_NAME])
+def colin_head(request) -> sitk.Image:
+    """The whole head, then the same T1 skull-stripped (brain only, as research pipelines give it: its white
+    matter is the brightest tissue, which the MRI mapping must not put at white, ``intensity.mri_range``)."""
+    path, why = colin27_t1(name=request.param)
     if path is None:
         pytest.skip(why)
     return sitk.ReadImage(str(path), sitk.sitkFloat32)
