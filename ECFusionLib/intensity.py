@@ -28,11 +28,16 @@ FUNCTIONAL_PERCENTILES = (0.5, 99.0)  # background; the normal tissue's top (sma
 KNEE_FRACTION = 0.8  # a colour map's luminance knee: where its Y first reaches this fraction of its maximum
 
 
+def _sample(arr: np.ndarray) -> np.ndarray:
+    """The voxels of ``arr``, flat; above 4 M a strided sample of ~2 M (percentiles: the same answer to a grey
+    level, far less memory)."""
+    sample = np.asarray(arr).ravel()
+    return sample[:: sample.size // 2_000_000] if sample.size > 4_000_000 else sample
+
+
 def robust_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, float]:
     """(low, high): low-th percentile of all voxels, high-th percentile of the voxels above low."""
-    sample = arr.ravel()
-    if sample.size > 4_000_000:  # percentiles of a strided sample: same answer to a grey level, far less memory
-        sample = sample[:: sample.size // 2_000_000]
+    sample = _sample(arr)
     low = float(np.percentile(sample, percentiles[0]))
     above = sample[sample > low]
     high = float(np.percentile(above, percentiles[1])) if above.size else float(sample.max())
@@ -46,7 +51,8 @@ def luminance_knee(table: np.ndarray | str | None = None) -> float:
     grey) first reaches ``KNEE_FRACTION`` of its maximum. PET-Heat: 0.33 (black-red-orange below it, then
     yellow and the near-flat yellow-white), PET-Rainbow2: 0.48 (its Y peaks at yellow, 0.63, then falls toward
     red), grey: 0.8."""
-    table = colormap_table("Grey" if table is None else table) if table is None or isinstance(table, str) else table
+    if table is None or isinstance(table, str):
+        table = colormap_table(table or "Grey")
     y = luminance(np.asarray(table, np.float32) * 255.0)
     return max(float(np.argmax(y >= KNEE_FRACTION * y.max())) / (len(y) - 1), 0.05)
 
@@ -89,9 +95,7 @@ def mri_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, floa
     x the tissue's median above low (tissue: voxels above low + 10 % of the range) when that is larger."""
     low, high = robust_range(arr, percentiles)
     if MRI_MEDIAN_HEADROOM:
-        sample = np.asarray(arr).ravel()
-        if sample.size > 4_000_000:
-            sample = sample[:: sample.size // 2_000_000]
+        sample = _sample(arr)
         tissue = sample[sample > low + 0.1 * (high - low)]
         if tissue.size:
             high = max(high, low + MRI_MEDIAN_HEADROOM * (float(np.median(tissue)) - low))

@@ -132,7 +132,7 @@ def evaluate_volumes(anatomical: sitk.Image, second: sitk.Image, settings: Fusio
     axis = slice_axis(anatomical, settings.axis)
     fused, rgb, sec_y, mri = _fused_and_display(anatomical, second, settings)
     fused_y = luminance(fused) if fused.ndim == 4 else fused.astype(np.float32)
-    head = (mri > 4) & ~M.bone_zone(sec_y, axis) if rgb is None else None  # CT-MRI: the MRI's anatomy outside bone
+    head = M.anatomy_head(mri, sec_y, axis) if rgb is None else None  # CT-MRI: the MRI's anatomy outside bone
     report = {"task": settings.task, "keep_salient": settings.keep_salient,
               "anatomy": M.anatomy_vs_blend(mri, fused_y, sec_y, axis, head)}
     if rgb is None:  # CT-MRI
