@@ -19,6 +19,7 @@ ones such as ``SlicerParameterName`` as dynamic properties) and the file's signa
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import types
@@ -27,6 +28,22 @@ from pathlib import Path
 
 
 # ----------------------------------------------------------------------------------------------- signals
+@contextlib.contextmanager
+def modules_replaced(replacements: dict):
+    """``sys.modules`` with ``replacements`` (name -> module, or None: importing it fails) for the block; yields
+    the entries it replaced (None: there was none) and puts them back, or removes the name, after it."""
+    saved = {name: sys.modules.get(name) for name in replacements}
+    sys.modules.update(replacements)
+    try:
+        yield saved
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+
+
 def _call(slot, args):
     """Call ``slot`` with as many of ``args`` as it takes (PythonQt drops the extra signal arguments)."""
     try:

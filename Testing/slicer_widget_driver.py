@@ -259,35 +259,21 @@ def _run_self_test(module):
 
 def self_test_with_onnx_runtime_only():
     """The self-test (what ctest and Reload and Test run) fuses its phantom where only ONNX Runtime is installed."""
-    hidden = sys.modules.get("torch")
-    sys.modules["torch"] = None
-    try:
+    with slicer_app_fakes.modules_replaced({"torch": None}):
         s = Session(with_volumes=False)
         result, problems = _run_self_test(s.module)
         check(not problems and not result.skipped and result.testsRun, f"self-test: {problems} {result.skipped}")
-    finally:
-        if hidden is None:
-            sys.modules.pop("torch", None)
-        else:
-            sys.modules["torch"] = hidden
 
 
 def ctest_without_an_inference_backend():
     """ctest runs the self-test class with unittest, which calls each test_* method directly: without torch and
     without onnxruntime every one must be skipped, none may error."""
-    hidden = {name: sys.modules.get(name) for name in ("torch", "onnxruntime")}
-    sys.modules.update(dict.fromkeys(hidden))  # None: import fails, importlib.util.find_spec says "absent"
-    try:
+    # None: the import fails, importlib.util.find_spec says "absent"
+    with slicer_app_fakes.modules_replaced({"torch": None, "onnxruntime": None}):
         s = Session(with_volumes=False)
         result, problems = _run_self_test(s.module)
         check(not problems, f"ctest without torch: {problems}")
         check(result.skipped, "nothing reported as skipped")
-    finally:
-        for name, mod in hidden.items():
-            if mod is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = mod
 
 
 def intel_mac_without_torch_ends_in_a_fused_volume():
@@ -296,44 +282,42 @@ def intel_mac_without_torch_ends_in_a_fused_volume():
     fused volume made with ONNX Runtime; PyTorch is never installed nor imported."""
     import platform
 
-    hidden = {name: sys.modules.get(name) for name in ("torch", "onnxruntime")}
     saved = platform.system, platform.machine
-    sys.modules.update(dict.fromkeys(hidden))
     platform.system, platform.machine = (lambda: "Darwin"), (lambda: "x86_64")
+    absent = {"torch": None, "onnxruntime": None, "PyTorchUtils": None}  # no PyTorch extension either
     try:
-        s = Session()
-        s.slicer.app.testing = False  # a user's session: dialogs are shown
-        asked, installed = [], []
-        s.slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: asked.append(text) or True
-        s.slicer.util.errorDisplay = lambda text, *a, **k: asked.append("ERROR " + text)
-
-        def pip_install(requirements, *a, **k):  # Slicer's pip: here the package is already on disk
-            installed.append(requirements)
-            if hidden["onnxruntime"] is None:
-                sys.modules.pop("onnxruntime", None)
-            else:
-                sys.modules["onnxruntime"] = hidden["onnxruntime"]
-
-        s.slicer.util.pip_install = pip_install
-        sys.modules["PyTorchUtils"] = None  # no PyTorch extension either
-        s.enter()
-        s.choose_inputs()
-        s.apply()
-        log = s.widget.ui.statusLabel.plainText
-        check(len(asked) == 1 and "2.2.2" in asked[0] and "ONNX Runtime" in asked[0], f"questions: {asked}")
-        check(installed == ["onnxruntime"], f"installed: {installed}")
-        fused = [n for n in s.volumes() if n.GetAttribute("ECFusion.task")]
-        check(len(fused) == 1 and fused[0].GetAttribute("ECFusion.backend") == "onnxruntime",
-              f"no volume fused with ONNX Runtime; log: {log}")
-        check(sys.modules.get("torch") is None, "torch was imported")
+        with slicer_app_fakes.modules_replaced(absent) as hidden:
+            _intel_mac_apply(hidden)
     finally:
         platform.system, platform.machine = saved
-        sys.modules.pop("PyTorchUtils", None)
-        for name, mod in hidden.items():
-            if mod is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = mod
+
+
+def _intel_mac_apply(hidden: dict):
+    """The Apply of ``intel_mac_without_torch_ends_in_a_fused_volume``; ``hidden``: the modules made absent."""
+    s = Session()
+    s.slicer.app.testing = False  # a user's session: dialogs are shown
+    asked, installed = [], []
+    s.slicer.util.confirmOkCancelDisplay = lambda text, *a, **k: asked.append(text) or True
+    s.slicer.util.errorDisplay = lambda text, *a, **k: asked.append("ERROR " + text)
+
+    def pip_install(requirements, *a, **k):  # Slicer's pip: here the package is already on disk
+        installed.append(requirements)
+        if hidden["onnxruntime"] is None:
+            sys.modules.pop("onnxruntime", None)
+        else:
+            sys.modules["onnxruntime"] = hidden["onnxruntime"]
+
+    s.slicer.util.pip_install = pip_install
+    s.enter()
+    s.choose_inputs()
+    s.apply()
+    log = s.widget.ui.statusLabel.plainText
+    check(len(asked) == 1 and "2.2.2" in asked[0] and "ONNX Runtime" in asked[0], f"questions: {asked}")
+    check(installed == ["onnxruntime"], f"installed: {installed}")
+    fused = [n for n in s.volumes() if n.GetAttribute("ECFusion.task")]
+    check(len(fused) == 1 and fused[0].GetAttribute("ECFusion.backend") == "onnxruntime",
+          f"no volume fused with ONNX Runtime; log: {log}")
+    check(sys.modules.get("torch") is None, "torch was imported")
 
 
 SCENARIOS = {f.__name__: f for f in (ctest_without_an_inference_backend, self_test_with_onnx_runtime_only,

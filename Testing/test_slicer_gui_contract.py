@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from slicer_app_fakes import modules_replaced
+
 slicer = pytest.importorskip("slicer")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,21 +72,12 @@ def _stub_modules() -> dict[str, types.ModuleType]:
 
 @pytest.fixture(scope="module")
 def module():
-    saved = {name: sys.modules.get(name) for name in _stub_modules()}
-    sys.modules.update(_stub_modules())
-    try:
+    with modules_replaced({**_stub_modules(), "ECFusionSlicer_under_test": None}):
         spec = importlib.util.spec_from_file_location("ECFusionSlicer_under_test", MODULE / "ECFusionSlicer.py")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod  # get_type_hints resolves the annotations in the module's globals
         spec.loader.exec_module(mod)
         yield mod
-    finally:
-        sys.modules.pop("ECFusionSlicer_under_test", None)
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
 
 
 @pytest.fixture(scope="module")
