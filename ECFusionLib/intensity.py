@@ -94,11 +94,10 @@ def mri_range(arr: np.ndarray, percentiles=MRI_PERCENTILES) -> tuple[float, floa
     """(low, high) of an MRI's mapping: its ``robust_range``, with high raised to at least ``MRI_MEDIAN_HEADROOM``
     x the tissue's median above low (tissue: voxels above low + 10 % of the range) when that is larger."""
     low, high = robust_range(arr, percentiles)
-    if MRI_MEDIAN_HEADROOM:
-        sample = _sample(arr)
-        tissue = sample[sample > low + 0.1 * (high - low)]
-        if tissue.size:
-            high = max(high, low + MRI_MEDIAN_HEADROOM * (float(np.median(tissue)) - low))
+    sample = _sample(arr)
+    tissue = sample[sample > low + 0.1 * (high - low)]
+    if tissue.size:
+        high = max(high, low + MRI_MEDIAN_HEADROOM * (float(np.median(tissue)) - low))
     return low, high
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from ECFusionLib import evaluation  # noqa: E402 - CHECK_TARGET, the image checks' target (issue 14)
 from ECFusionLib.tasks import TASK_NAMES  # noqa: E402
 
 FOLDS_FILE = ROOT / "ECFusionLib" / "weights" / "cv_folds.json"
@@ -49,6 +50,7 @@ FOCAL = "focal"  # the relative PET/SPECT rule (salient.focal_weight), shipped s
 # The fixed-level defaults until issue 18 (issue 14's model card): (threshold, dark) per task, by its second
 # modality (task names live in tasks.py only).
 OLD_RULE = {"CT": (128.0, 30.0), "PET": (208.0, None), "SPECT": (128.0, None)}
+BASE = ("ecfusion", "pixel-max", "pixel-average")
 
 
 def old_rule(task: str):
@@ -56,8 +58,6 @@ def old_rule(task: str):
     from ECFusionLib.tasks import second_modality
 
     return OLD_RULE.get(second_modality(task))
-BASE = ("ecfusion", "pixel-max", "pixel-average")
-CHECK_TARGET = 0.95
 
 
 def load_folds(path=FOLDS_FILE) -> dict[str, list[list[str]]]:
@@ -252,7 +252,7 @@ def choose(rows: list[dict], cases, candidates) -> str:
     def key(method):
         m = mean_over(rows, method, cases)
         wins, margin = n_better(m, ref)
-        return wins + (m["check"] >= CHECK_TARGET), margin
+        return wins + (m["check"] >= evaluation.CHECK_TARGET), margin
 
     return max(candidates, key=key)
 
